@@ -1,0 +1,40 @@
+# make demo: create .venv, install oocstore, run the demo.  make test: the whole test suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU build of PyTorch for this machine's Python; its adapters are tested for real.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test lint typecheck bench clean
+
+$(VENV)/.installed-core: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-core
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q '$(TORCH)' || echo "warning: $(TORCH) could not be installed; its tests will be skipped"
+	touch $@
+
+demo: $(VENV)/.installed-core
+	$(BIN)/oocstore demo demo.ooc
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check oocstore tests benchmarks
+	$(BIN)/ruff format --check oocstore tests benchmarks
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check oocstore tests benchmarks
+	$(BIN)/mypy
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/write_throughput.py
+
+clean:
+	rm -rf $(VENV) demo.ooc .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -1,0 +1,59 @@
+"""oocstore: stream batches of any size into memory-mapped arrays on disk, read them as NumPy.
+
+>>> import oocstore
+>>> store = oocstore.write(batches, "train.ooc")      # doctest: +SKIP
+>>> X, y = store["0"], store["1"]                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    BackendUnavailableError,
+    BatchError,
+    CorruptStoreError,
+    DiskFullError,
+    DtypeError,
+    EmptySourceError,
+    FieldNameError,
+    OocstoreError,
+    RaggedError,
+    SchemaError,
+    StoreExistsError,
+    StoreLockedError,
+    StoreNotFoundError,
+    UnknownBackendError,
+    UnsupportedDtypeError,
+    WriterClosedError,
+)
+from .reader import PackedArray, Store, open
+from .schema import FieldSpec, Schema
+from .writer import Writer, write
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "BatchError",
+    "CorruptStoreError",
+    "DiskFullError",
+    "DtypeError",
+    "EmptySourceError",
+    "FieldNameError",
+    "FieldSpec",
+    "OocstoreError",
+    "PackedArray",
+    "RaggedError",
+    "Schema",
+    "SchemaError",
+    "Store",
+    "StoreExistsError",
+    "StoreLockedError",
+    "StoreNotFoundError",
+    "UnknownBackendError",
+    "UnsupportedDtypeError",
+    "Writer",
+    "WriterClosedError",
+    "__version__",
+    "open",
+    "write",
+]

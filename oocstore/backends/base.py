@@ -1,0 +1,157 @@
+"""The backend interface: what every storage format (npy, Zarr, HDF5) must do.
+
+Backends move bytes of *physical arrays* (a field's data and, for ragged fields, its shapes and
+offsets). Sizing, padding, staging and commit policy stay in the writer; a backend only creates,
+grows, writes, syncs and trims arrays, stores the manifest, and opens arrays for readers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from ..manifest import Manifest
+
+__all__ = ["ArrayReader", "Backend", "BackendOptions"]
+
+
+class ArrayReader(Protocol):
+    """What a reader gets for a physical array: an ``np.ndarray`` or a lazy array."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+    def __getitem__(self, key: Any) -> Any: ...
+    def __len__(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Backend-specific write options; each backend reads the ones it knows."""
+
+    chunks: dict[str, int] | int | None = None
+    """Rows per chunk along axis 0 (chunked backends), per array or for all."""
+    compressors: Any = None
+    """Passed to the chunked backends' compressors (None: the backend's default)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Anything else a backend documents."""
+
+
+class Backend(ABC):
+    """One storage format. An instance is a store being written; class methods read."""
+
+    name: ClassVar[str]
+    """Written to the manifest: ``npy``, ``zarr`` or ``hdf5``."""
+    zero_copy: ClassVar[bool]
+    """Does the reader get ``np.memmap`` views (True) or lazy arrays that copy (False)?"""
+    suffixes: ClassVar[tuple[str, ...]]
+    """Path suffixes that select this backend when none is named."""
+
+    def __init__(self, root: Path, options: BackendOptions | None = None) -> None:
+        self.root = root
+        self.options = options or BackendOptions()
+
+    # -- reading (class methods: no writer state) -------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def holds_store(cls, root: Path) -> bool:
+        """True when ``root`` looks like a store of this backend (no full validation)."""
+
+    @classmethod
+    @abstractmethod
+    def read_manifest(cls, root: Path) -> Manifest:
+        """Read and validate the store's manifest; CorruptStoreError if it is damaged."""
+
+    @classmethod
+    @abstractmethod
+    def open_arrays(cls, root: Path, manifest: Manifest) -> dict[str, ArrayReader]:
+        """Open every physical array, read-only, cut to its committed rows."""
+
+    @classmethod
+    def lock_path(cls, root: Path) -> Path:
+        """The file whose ``flock`` marks the single writer."""
+        return root / ".lock"
+
+    # -- writing -----------------------------------------------------------------------------
+
+    @abstractmethod
+    def create(self) -> None:
+        """Create an empty store container at ``root`` (which does not exist or is empty)."""
+
+    @abstractmethod
+    def open_existing(self, manifest: Manifest) -> dict[str, int]:
+        """Reopen a store for appending; return each array's allocated rows (capacity).
+
+        Arrays on disk that the manifest does not name are leftovers of an interrupted
+        writer and are removed.
+        """
+
+    @abstractmethod
+    def create_array(
+        self, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], capacity: int
+    ) -> None:
+        """Create array ``name`` with rows of ``shape`` and room for ``capacity`` rows."""
+
+    @abstractmethod
+    def reserve(self, name: str, capacity: int) -> None:
+        """Grow array ``name`` to hold at least ``capacity`` rows, with real allocation."""
+
+    @abstractmethod
+    def write(self, name: str, start: int, values: np.ndarray) -> None:
+        """Write rows ``values`` into array ``name`` from row ``start``."""
+
+    @abstractmethod
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Read rows ``[start, stop)`` of array ``name`` (written rows only)."""
+
+    @abstractmethod
+    def delete_array(self, name: str) -> None:
+        """Remove array ``name`` and its files."""
+
+    def link_array(
+        self, src: str, dst: str, dtype: np.dtype[Any], shape: tuple[int, ...], rows: int
+    ) -> int:
+        """Make array ``dst`` hold the bytes of ``src``'s rows, reinterpreted as ``rows`` rows
+        of ``shape``; ``src`` stays intact (a commit may still name it). Return ``dst``'s capacity.
+
+        This default copies in blocks; a backend that can share the bytes does so in O(1).
+        """
+        self.create_array(dst, dtype, shape, max(rows, 1))
+        row = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        probe = self.read(src, 0, 0)
+        src_row = int(np.prod(probe.shape[1:], dtype=np.int64)) * probe.dtype.itemsize
+        src_rows = rows * row // src_row if src_row else 0
+        step = max((64 * 2**20) // max(src_row, 1), 1)
+        pos = 0
+        for start in range(0, src_rows, step):
+            block = np.ascontiguousarray(self.read(src, start, min(start + step, src_rows)))
+            flat = block.reshape(-1).view(np.uint8).view(dtype).reshape(-1, *shape)
+            self.write(dst, pos, flat)
+            pos += len(flat)
+        return max(rows, 1)
+
+    def chunk_rows(self, name: str) -> int:
+        """Rows per chunk of array ``name``: the writer writes whole chunks where it can."""
+        return 1
+
+    @abstractmethod
+    def sync(self, lengths: dict[str, int]) -> None:
+        """Make rows ``[0, lengths[name])`` of every array durable, before the manifest."""
+
+    @abstractmethod
+    def write_manifest(self, manifest: Manifest) -> None:
+        """Replace the manifest atomically and durably (this is the commit point)."""
+
+    @abstractmethod
+    def finalize(self, lengths: dict[str, int]) -> None:
+        """Trim every array to exactly ``lengths[name]`` rows (before the final manifest)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release files and handles; the store stays as the last manifest says."""

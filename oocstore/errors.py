@@ -1,0 +1,152 @@
+"""The exception hierarchy: one base, each subclass also the built-in it refines.
+
+This module imports nothing from oocstore, so every stage can raise these errors.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+__all__ = [
+    "BackendUnavailableError",
+    "BatchError",
+    "CorruptStoreError",
+    "DiskFullError",
+    "DtypeError",
+    "EmptySourceError",
+    "FieldNameError",
+    "OocstoreError",
+    "RaggedError",
+    "SchemaError",
+    "StoreExistsError",
+    "StoreLockedError",
+    "StoreNotFoundError",
+    "UnknownBackendError",
+    "UnsupportedDtypeError",
+    "WriterClosedError",
+]
+
+
+class OocstoreError(Exception):
+    """Base of every error oocstore raises on purpose."""
+
+
+class SchemaError(OocstoreError, ValueError):
+    """A batch does not match the schema taken from the first batch.
+
+    ``field``, ``batch_index``, ``expected`` and ``actual`` hold the parts of the message.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        field: str | None = None,
+        batch_index: int | None = None,
+        expected: Any = None,
+        actual: Any = None,
+        hint: str = "",
+    ) -> None:
+        self.field = field
+        self.batch_index = batch_index
+        self.expected = expected
+        self.actual = actual
+        where = []
+        if batch_index is not None:
+            where.append(f"batch {batch_index}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        msg = f"{', '.join(where)}: {what}" if where else what
+        if expected is not None or actual is not None:
+            msg += f": expected {expected}, got {actual}"
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg)
+
+
+class DtypeError(SchemaError):
+    """A batch's dtype differs from the schema and cannot be cast without loss."""
+
+
+class UnsupportedDtypeError(SchemaError):
+    """A dtype oocstore cannot store (object arrays, or one a backend cannot hold)."""
+
+
+class RaggedError(SchemaError):
+    """Samples' trailing shapes differ where the ragged policy forbids it."""
+
+
+class BatchError(SchemaError):
+    """A batch's structure is wrong: fields missing or extra, or fields of unequal length."""
+
+
+class FieldNameError(OocstoreError, ValueError):
+    """A field name that is not a safe file name (path separators, ``..``, odd characters)."""
+
+
+class EmptySourceError(OocstoreError, ValueError):
+    """The source yielded no batch, so there is no schema to build a store from."""
+
+
+class StoreExistsError(OocstoreError, FileExistsError):
+    """A store (or other file) already exists where a new store was asked for."""
+
+
+class StoreNotFoundError(OocstoreError, FileNotFoundError):
+    """No store at the path given to ``oocstore.open``."""
+
+
+class StoreLockedError(OocstoreError, BlockingIOError):
+    """Another writer holds the store's lock; ``pid`` names it when known."""
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        self.path = path
+        self.pid = pid
+        holder = f"process {pid}" if pid else "another process"
+        super().__init__(
+            errno.EAGAIN,
+            f"store {path!r} is being written by {holder}; wait for it to finish, "
+            "or stop it, then try again (only one writer may hold a store)",
+        )
+
+
+class CorruptStoreError(OocstoreError, ValueError):
+    """A store's metadata or files are damaged, tampered with or inconsistent.
+
+    ``path`` names the file and the message says what was wrong with it.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"corrupt store file {path!r}: {problem}")
+
+
+class UnknownBackendError(OocstoreError, ValueError):
+    """A backend name or path suffix oocstore does not know."""
+
+
+class BackendUnavailableError(OocstoreError, ImportError):
+    """A known backend whose library is not installed; the message says what to install."""
+
+
+class DiskFullError(OocstoreError, OSError):
+    """The disk filled up during a write; the store still holds its last commit."""
+
+    def __init__(self, path: str, needed: int | None = None, free: int | None = None) -> None:
+        self.path = path
+        self.needed = needed
+        self.free = free
+        msg = f"no space left on the device holding {path!r}"
+        if needed is not None and free is not None:
+            msg += f": needed {needed:,} more bytes, {free:,} free"
+        msg += "; the store keeps its last commit. Free some space and continue with resume=True"
+        super().__init__(errno.ENOSPC, msg, path)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class WriterClosedError(OocstoreError, ValueError):
+    """An operation on a Writer that is already closed."""

@@ -1,0 +1,322 @@
+"""The reader: a store's committed prefix as read-only NumPy views (or lazy arrays).
+
+Opening reads the small manifest and maps each file; it costs the same for 1 MB and 100 GB.
+A :class:`Store` pickles as its path, so it crosses into worker processes without copying data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, overload
+
+import numpy as np
+
+from .backends import backend_class, detect_backend
+from .backends.base import ArrayReader
+from .manifest import Manifest
+from .schema import Schema
+
+__all__ = ["PackedArray", "Store", "open"]
+
+
+class PackedArray(Sequence[np.ndarray]):
+    """A ragged field stored end to end: ``[i]`` is an O(1) view of sample ``i``."""
+
+    def __init__(self, values: ArrayReader, offsets: ArrayReader, shapes: ArrayReader) -> None:
+        self._values = values
+        self._offsets = np.asarray(offsets)
+        self._shapes = np.asarray(shapes)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Start of each sample in the flat values (in elements)."""
+        return self._offsets
+
+    @property
+    def shapes(self) -> np.ndarray:
+        """True shape of each sample, ``(n, ndim)``."""
+        return self._shapes
+
+    @property
+    def values(self) -> ArrayReader:
+        """All samples' values end to end."""
+        return self._values
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The samples' dtype."""
+        return self._values.dtype
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        i = int(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            msg = f"sample {index} out of range for {n} samples"
+            raise IndexError(msg)
+        shape = tuple(int(d) for d in self._shapes[i])
+        start = int(self._offsets[i])
+        size = int(np.prod(shape, dtype=np.int64))
+        return np.asarray(self._values[start : start + size]).reshape(shape)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def to_padded(self, max_shape: Sequence[int] | None = None, fill: Any = 0) -> np.ndarray:
+        """All samples padded to ``max_shape`` (default: the largest) in one in-memory array."""
+        shape = (
+            tuple(max_shape)
+            if max_shape is not None
+            else tuple(int(d) for d in (self._shapes.max(axis=0) if len(self) else ()))
+        )
+        out = np.full((len(self), *shape), fill, dtype=self.dtype)
+        for i, s in enumerate(self):
+            out[(i, *(slice(0, d) for d in s.shape))] = s
+        return out
+
+    def __repr__(self) -> str:
+        return f"<PackedArray {len(self)} samples of {self.dtype}>"
+
+
+class Store:
+    """A read-only store: field name -> array of its committed samples.
+
+    ``store[name]`` is an ``np.memmap`` (npy; HDF5 contiguous) or a lazy array that slices to
+    NumPy; a field stored packed is a :class:`PackedArray`. ``len(store)`` is the number of
+    committed samples; iterating a store gives its field names, as a dict does.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.backend = detect_backend(self.path)
+        self._cls = backend_class(self.backend)
+        self._manifest: Manifest = self._cls.read_manifest(self.path)
+        self._arrays: dict[str, ArrayReader] = self._cls.open_arrays(self.path, self._manifest)
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest this view was opened with."""
+        return self._manifest
+
+    @property
+    def schema(self) -> Schema:
+        """Fields with per-sample shape (padded shape for ragged fields) and dtype."""
+        return self._manifest.schema
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Field names in order."""
+        return self._manifest.schema.names
+
+    @property
+    def complete(self) -> bool:
+        """True when the writer closed the store normally."""
+        return self._manifest.complete
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """User metadata written with the store."""
+        return dict(self._manifest.attrs)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of committed data over all physical arrays."""
+        return sum(a.length * a.row_nbytes for a in self._manifest.arrays.values())
+
+    def __len__(self) -> int:
+        return self._manifest.length
+
+    def layout(self, field: str) -> str:
+        """``dense``, ``padded`` or ``packed``."""
+        self._check_field(field)
+        return self._manifest.layout(field).kind
+
+    # -- data --------------------------------------------------------------------------------
+
+    def _check_field(self, field: str) -> None:
+        if field not in self._manifest.schema:
+            msg = f"no field {field!r} in store {str(self.path)!r}; fields: {list(self.fields)}"
+            raise KeyError(msg)
+
+    def __getitem__(self, field: str) -> Any:
+        self._check_field(field)
+        kind = self._manifest.layout(field).kind
+        if kind == "packed":
+            return PackedArray(
+                self._arrays[f"{field}.values"],
+                self._arrays[f"{field}.offsets"],
+                self._arrays[f"{field}.shapes"],
+            )
+        return self._arrays[field]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.fields)
+
+    def __contains__(self, field: object) -> bool:
+        return field in self._manifest.schema
+
+    def keys(self) -> tuple[str, ...]:
+        """Field names in order (as ``dict.keys``)."""
+        return self.fields
+
+    def values(self) -> tuple[Any, ...]:
+        """The fields' arrays in order."""
+        return self.arrays()
+
+    def items(self) -> tuple[tuple[str, Any], ...]:
+        """``(name, array)`` pairs in order."""
+        return tuple((f, self[f]) for f in self.fields)
+
+    def arrays(self) -> tuple[Any, ...]:
+        """The fields' arrays as a tuple, in field order: ``X, y = store.arrays()``."""
+        return tuple(self[f] for f in self.fields)
+
+    def shapes(self, field: str) -> np.ndarray:
+        """True per-sample shapes of a field, ``(len(store), ndim)`` integers."""
+        self._check_field(field)
+        if self._manifest.layout(field).kind == "dense":
+            spec = self.schema[field]
+            return np.broadcast_to(np.asarray(spec.shape, dtype=np.int64), (len(self), spec.ndim))
+        return np.asarray(self._arrays[f"{field}.shapes"])
+
+    def sample(self, field: str, index: int) -> np.ndarray:
+        """Sample ``index`` of ``field`` with its true shape (padding cut off)."""
+        self._check_field(field)
+        n = len(self)
+        i = int(index) + (n if int(index) < 0 else 0)
+        if not 0 <= i < n:
+            msg = f"sample {index} out of range for {n} samples of field {field!r}"
+            raise IndexError(msg)
+        kind = self._manifest.layout(field).kind
+        if kind == "packed":
+            return self[field][i]  # type: ignore[no-any-return]
+        arr = self._arrays[field]
+        if kind == "dense":
+            return np.asarray(arr[i])
+        shape = self._arrays[f"{field}.shapes"][i]
+        return np.asarray(arr[(i, *(slice(0, int(d)) for d in shape))])
+
+    def mask(self, field: str, index: int | slice) -> np.ndarray:
+        """Boolean mask of the valid (unpadded) region of sample(s) ``index`` in the padded array.
+
+        For an int the mask has the padded per-sample shape; for a slice it has a sample axis.
+        """
+        self._check_field(field)
+        spec = self.schema[field]
+        sel = np.atleast_2d(self.shapes(field)[index])
+        grids = np.ones((len(sel), *spec.shape), dtype=bool)
+        for axis, size in enumerate(spec.shape):
+            ar = np.arange(size).reshape(
+                (1,) + (1,) * axis + (size,) + (1,) * (spec.ndim - axis - 1)
+            )
+            lim = sel[:, axis].reshape((-1,) + (1,) * spec.ndim)
+            grids &= ar < lim
+        return grids[0] if isinstance(index, int | np.integer) else grids
+
+    def iter_batches(
+        self, batch_size: int, *, fields: Sequence[str] | None = None
+    ) -> Iterator[tuple[np.ndarray, ...]]:
+        """Yield consecutive batches as tuples of NumPy arrays (one per field, in order)."""
+        if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
+            msg = f"batch_size must be a positive integer, not {batch_size!r}"
+            raise ValueError(msg)
+        names = tuple(fields) if fields is not None else self.fields
+        for f in names:
+            self._check_field(f)
+        arrays = [self[f] for f in names]
+        for start in range(0, len(self), batch_size):
+            stop = min(start + batch_size, len(self))
+            yield tuple(
+                a[start:stop] if isinstance(a, PackedArray) else np.asarray(a[start:stop])
+                for a in arrays
+            )
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Re-read the manifest to see newer commits; return True if the store changed.
+
+        The committed length never goes down: a manifest that says less is ignored.
+        """
+        manifest = self._cls.read_manifest(self.path)
+        if manifest.length < self._manifest.length:
+            return False
+        if manifest.to_json() == self._manifest.to_json():
+            return False
+        arrays = self._cls.open_arrays(self.path, manifest)
+        self._manifest, self._arrays = manifest, arrays
+        return True
+
+    def close(self) -> None:
+        """Release every mapping and file handle this store holds.
+
+        Views the caller still holds keep their memory valid; the files can be deleted or
+        replaced either way (on Linux and macOS).
+        """
+        arrays, self._arrays = self._arrays, {}
+        for a in arrays.values():
+            if isinstance(a, np.memmap):
+                mm = getattr(a, "_mmap", None)
+                if isinstance(mm, mmap.mmap):
+                    with contextlib.suppress(BufferError, ValueError):
+                        mm.close()
+            closer = getattr(a, "close", None)
+            if callable(closer) and not isinstance(a, np.ndarray):
+                with contextlib.suppress(Exception):
+                    closer()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (open, (os.fspath(self.path),))
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "incomplete"
+        fields = ", ".join(
+            f"{s.name}: {s.dtype}{list(s.shape)}{' ragged' if s.ragged else ''}"
+            for s in self.schema.fields
+        )
+        where = f"{str(self.path)!r} {self.backend}"
+        return f"<oocstore.Store {where} {len(self)} samples {state} ({fields})>"
+
+
+def open(path: str | os.PathLike[str]) -> Store:
+    """Open the store at ``path`` read-only; the backend is detected from what is on disk.
+
+    Raises
+    ------
+    StoreNotFoundError
+        If nothing is at ``path``.
+    UnknownBackendError
+        If ``path`` holds no oocstore store.
+    CorruptStoreError
+        If the manifest or a file is damaged, tampered with or inconsistent.
+    """
+    return Store(path)

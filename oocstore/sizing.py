@@ -1,0 +1,167 @@
+"""Every size decision in one place: memory budget, staging buffers, growth, commit cadence.
+
+Sizes follow the memory that is really available: psutil's view of the machine, capped by the
+container's cgroup limit (which psutil does not see), and by the user's ``memory=`` budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+
+import psutil
+
+__all__ = [
+    "MemoryLike",
+    "available_memory",
+    "cgroup_memory_limit",
+    "commit_bytes",
+    "grow_capacity",
+    "memory_budget",
+    "parse_bytes",
+    "stage_rows",
+]
+
+log = logging.getLogger(__name__)
+
+MemoryLike = int | float | str | None
+"""A memory size: bytes, or a string like ``"512MB"`` or ``"2GiB"``; None picks one."""
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*")
+
+SAFE_FRACTION = 0.5
+"""Never plan to use more than this fraction of the memory that is available."""
+DEFAULT_FRACTION = 0.125
+"""Without ``memory=``, use this fraction of what is available (capped by DEFAULT_CAP)."""
+DEFAULT_CAP = 512 * 2**20
+MIN_BUDGET = 16 * 2**20
+
+
+def parse_bytes(size: int | float | str) -> int:
+    """Parse ``1024``, ``"512MB"``, ``"2GiB"`` or ``"1.5 GB"`` into bytes.
+
+    Raises
+    ------
+    ValueError
+        If the size is negative, not a number, or has an unknown unit.
+    """
+    if isinstance(size, bool):
+        msg = f"a size must be a number of bytes or a string like '512MB', not {size!r}"
+        raise ValueError(msg)
+    if isinstance(size, int | float):
+        value = float(size)
+        unit = ""
+    else:
+        m = _SIZE.fullmatch(str(size))
+        if m is None or m.group(2).lower() not in _UNITS:
+            msg = f"cannot read size {size!r}: use bytes or a number with kB, MB, GB, MiB, GiB..."
+            raise ValueError(msg)
+        value, unit = float(m.group(1)), m.group(2).lower()
+    if not math.isfinite(value) or value < 0:
+        msg = f"a size must be a non-negative number, got {size!r}"
+        raise ValueError(msg)
+    return int(value * _UNITS[unit])
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if text in ("", "max"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    # cgroup v1 reports "no limit" as a huge number near 2**63.
+    return value if 0 < value < 2**60 else None
+
+
+def cgroup_memory_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Memory the container may still use (limit minus usage, cgroup v2 or v1); None: no limit."""
+    for limit_file, usage_file in (
+        ("memory.max", "memory.current"),  # v2
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),  # v1
+    ):
+        limit = _read_int(root / limit_file)
+        if limit is not None:
+            usage = _read_int(root / usage_file) or 0
+            return max(limit - usage, 0)
+    return None
+
+
+def available_memory() -> int:
+    """Bytes of memory available now: the machine's, capped by the container's limit."""
+    avail = int(psutil.virtual_memory().available)
+    limit = cgroup_memory_limit()
+    if limit is not None and limit < avail:
+        log.debug("cgroup limit %d caps available memory %d", limit, avail)
+        avail = limit
+    return avail
+
+
+def memory_budget(memory: MemoryLike = None) -> int:
+    """The bytes oocstore may use for buffers: ``memory=`` if given, never past a safe share."""
+    avail = available_memory()
+    ceiling = max(int(avail * SAFE_FRACTION), MIN_BUDGET)
+    if memory is None:
+        budget = min(int(avail * DEFAULT_FRACTION), DEFAULT_CAP)
+    else:
+        budget = parse_bytes(memory)
+        if budget > ceiling:
+            log.debug(
+                "memory=%d is more than half of available %d; using %d", budget, avail, ceiling
+            )
+            budget = ceiling
+    budget = max(budget, MIN_BUDGET)
+    log.debug("memory budget %d bytes (available %d)", budget, avail)
+    return budget
+
+
+def stage_rows(sample_nbytes: int, budget: int, chunk_rows: int = 1) -> int:
+    """Samples per staging buffer: a few MB for coalescing writes, whole chunks, within budget.
+
+    Staging only coalesces small batches (large batches go straight to the backend), so a
+    modest buffer suffices; it is a multiple of ``chunk_rows`` so chunks are written whole.
+    """
+    target = min(8 * 2**20, max(budget // 8, 2**20))
+    rows = max(target // max(sample_nbytes, 1), 1)
+    rows = max(rows // chunk_rows, 1) * chunk_rows
+    return int(rows)
+
+
+def commit_bytes(budget: int) -> int:
+    """Bytes written between periodic commits: large enough that fsync costs little."""
+    return int(min(max(budget, 256 * 2**20), 1 * 2**30))
+
+
+def grow_capacity(capacity: int, needed: int, row_nbytes: int) -> int:
+    """New capacity in rows when ``needed`` rows do not fit: geometric, capped per step.
+
+    Growing by half keeps appends amortised O(1); capping one step at 4 GiB keeps a nearly
+    full disk from failing on space the data would never use.
+    """
+    grown = max(needed, int(capacity * 1.5), 1024)
+    if row_nbytes:
+        cap_rows = max((4 * 2**30) // row_nbytes, 1)
+        grown = min(grown, max(needed, capacity + cap_rows))
+    return int(grown)

@@ -1,0 +1,892 @@
+"""The writer: batches in, durable commits out, resumable after a crash.
+
+Data flows batch -> fields (batches.py) -> schema check (schema.py) -> per-field layout (dense,
+padded or packed; ragged.py) -> staged physical arrays -> backend. A commit flushes the stages,
+makes the data durable (``backend.sync``) and only then replaces the manifest that declares it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from . import sizing
+from ._lock import StoreLock
+from .backends import backend_class, backend_for_path, detect_backend
+from .backends.base import Backend, BackendOptions
+from .batches import Batch, FieldValue, split_batch
+from .errors import (
+    CorruptStoreError,
+    EmptySourceError,
+    OocstoreError,
+    RaggedError,
+    StoreExistsError,
+    UnknownBackendError,
+    WriterClosedError,
+)
+from .manifest import ArraySpec, FieldLayout, Manifest
+from .progress import Progress
+from .ragged import fits, max_shape_of, pack_block, pad_block, sample_shapes, unpack_block
+from .schema import Casting, FieldSpec, Schema
+from .sizing import MemoryLike
+from .sources import as_stream
+
+if TYPE_CHECKING:
+    from .reader import Store
+
+__all__ = ["RaggedMode", "Writer", "write"]
+
+log = logging.getLogger(__name__)
+
+RaggedMode = Literal["pad", "pack", "error"]
+PathLike = str | os.PathLike[str]
+ShapeLike = Sequence[int]
+
+_SHAPES_DTYPE = np.dtype("<i8")
+_OFFSETS_DTYPE = np.dtype("<i8")
+_INITIAL_BYTES = 64 * 2**20  # first allocation when the length is unknown
+
+
+class _StagedArray:
+    """One physical array: a staging buffer in front of the backend, and its capacity."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        name: str,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        *,
+        rows: int,
+        capacity: int,
+        budget: int,
+    ) -> None:
+        self.backend = backend
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.row_nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        self.capacity = capacity
+        self.chunk_rows = max(backend.chunk_rows(name), 1)
+        self.stage_rows = sizing.stage_rows(self.row_nbytes, budget, self.chunk_rows)
+        self.stage_start = rows  # first row held by the stage (rows before it are written)
+        self.fill = 0  # rows in the stage
+        self._buf: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        """Rows appended so far (written or staged)."""
+        return self.stage_start + self.fill
+
+    def spec(self) -> ArraySpec:
+        """The manifest entry for the rows appended so far."""
+        return ArraySpec(dtype=self.dtype, shape=self.shape, length=self.rows)
+
+    def _ensure(self, rows: int) -> None:
+        if rows > self.capacity:
+            new = sizing.grow_capacity(self.capacity, rows, self.row_nbytes)
+            log.debug("growing %r from %d to %d rows", self.name, self.capacity, new)
+            try:
+                self.backend.reserve(self.name, new)
+            except OSError:
+                if new == rows:
+                    raise
+                self.backend.reserve(self.name, rows)  # no room to grow ahead: just what fits
+                new = rows
+            self.capacity = new
+
+    def _limit(self) -> int:
+        # The stage ends on a chunk boundary, so chunks are written whole.
+        return self.stage_rows - (self.stage_start % self.chunk_rows)
+
+    def append(self, values: np.ndarray) -> None:
+        """Append rows, writing large runs straight through and staging small ones."""
+        n = len(values)
+        if n == 0:
+            return
+        self._ensure(self.rows + n)
+        pos = 0
+        while pos < n:
+            left = n - pos
+            if (
+                self.fill == 0
+                and self.stage_start % self.chunk_rows == 0
+                and (left >= self.stage_rows)
+            ):
+                k = (left // self.chunk_rows) * self.chunk_rows
+                self.backend.write(self.name, self.stage_start, values[pos : pos + k])
+                self.stage_start += k
+                pos += k
+                continue
+            if self._buf is None:
+                self._buf = np.empty((self.stage_rows, *self.shape), dtype=self.dtype)
+            take = min(self._limit() - self.fill, left)
+            self._buf[self.fill : self.fill + take] = values[pos : pos + take]
+            self.fill += take
+            pos += take
+            if self.fill == self._limit():
+                self.backend.write(self.name, self.stage_start, self._buf[: self.fill])
+                self.stage_start += self.fill
+                self.fill = 0
+
+    def flush(self) -> None:
+        """Write the staged rows; keep them staged so their chunk is later written whole."""
+        if self.fill and self._buf is not None:
+            self.backend.write(self.name, self.stage_start, self._buf[: self.fill])
+
+    def release_buffer(self) -> None:
+        """Drop the staging buffer (after close)."""
+        self._buf = None
+
+
+class _FieldWriter:
+    """One logical field: chooses its layout and appends samples to its physical arrays."""
+
+    def __init__(self, owner: Writer, spec: FieldSpec, layout: FieldLayout) -> None:
+        self.owner = owner
+        self.spec = spec
+        self.layout = layout
+        self.arrays: dict[str, _StagedArray] = {}
+        self.values_rows = 0  # elements in the packed values array
+
+    # -- checks (no side effects: run for every field before any field is appended) ----------
+
+    def check(self, value: FieldValue, batch_index: int) -> None:
+        """Raise RaggedError if the ragged policy forbids this batch's shapes."""
+        if self.owner.ragged != "error":
+            return
+        expected = self.spec.shape
+        shapes = [v.shape for v in value] if isinstance(value, list) else [value.shape[1:]]
+        for s in shapes:
+            if tuple(s) != expected:
+                raise RaggedError(
+                    "a sample's shape differs from the first batch's and ragged='error'",
+                    field=self.spec.name,
+                    batch_index=batch_index,
+                    expected=expected,
+                    actual=tuple(s),
+                    hint="pass ragged='pad' or ragged='pack' to store samples of varying shape",
+                )
+
+    # -- appending ----------------------------------------------------------------------------
+
+    def append(self, value: FieldValue) -> int:
+        """Append one batch of this field; return the bytes appended."""
+        kind = self.layout.kind
+        uniform = isinstance(value, np.ndarray) and value.shape[1:] == self.spec.shape
+        if kind == "dense":
+            if uniform:
+                assert isinstance(value, np.ndarray)
+                self.arrays[self.spec.name].append(value)
+                return value.nbytes
+            self._dense_to_packed()
+            kind = "packed"
+        shapes = sample_shapes(value)
+        if kind == "padded":
+            if fits(shapes, self.spec.shape):
+                block = pad_block(value, self.spec.shape, self.spec.dtype, self.layout.fill)
+                self.arrays[self.spec.name].append(block)
+                self.arrays[f"{self.spec.name}.shapes"].append(shapes)
+                return block.nbytes
+            self._padded_to_packed()
+        return self._append_packed(value, shapes)
+
+    def _append_packed(self, value: FieldValue, shapes: np.ndarray, *, new: bool = True) -> int:
+        name = self.spec.name
+        sizes = (
+            np.prod(shapes, axis=1, dtype=np.int64)
+            if shapes.shape[1]
+            else np.ones(len(shapes), dtype=np.int64)
+        )
+        offsets = (
+            self.values_rows + np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+            if len(sizes)
+            else np.empty(0, dtype=np.int64)
+        )
+        flat = pack_block(value, self.spec.dtype)
+        self.arrays[f"{name}.values"].append(flat)
+        self.arrays[f"{name}.offsets"].append(offsets)
+        if new:  # samples copied from a padded layout already have their shapes stored
+            self.arrays[f"{name}.shapes"].append(shapes)
+        self.values_rows += int(sizes.sum())
+        new_max = max_shape_of(shapes, self.spec.shape)
+        if new_max != self.spec.shape or not self.spec.ragged:
+            self.spec = FieldSpec(self.spec.name, new_max, self.spec.dtype, ragged=True)
+        return flat.nbytes
+
+    # -- layout changes -------------------------------------------------------------------------
+
+    def _new_array(
+        self, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], capacity: int
+    ) -> _StagedArray:
+        owner = self.owner
+        owner.backend.create_array(name, dtype, shape, capacity)
+        arr = _StagedArray(
+            owner.backend, name, dtype, shape, rows=0, capacity=capacity, budget=owner.budget
+        )
+        self.arrays[name] = arr
+        return arr
+
+    def _packed_arrays(self, n: int, values: int, *, shapes: bool = True) -> None:
+        name = self.spec.name
+        cap = max(self.owner.expected_capacity(), n)
+        self._new_array(f"{name}.offsets", _OFFSETS_DTYPE, (), cap)
+        if shapes:
+            self._new_array(f"{name}.shapes", _SHAPES_DTYPE, (self.spec.ndim,), cap)
+        if f"{name}.values" not in self.arrays:
+            self._new_array(f"{name}.values", self.spec.dtype, (), max(values, 1024))
+
+    def _dense_to_packed(self) -> None:
+        """Reinterpret the dense rows written so far as the start of a packed field."""
+        name = self.spec.name
+        dense = self.arrays.pop(name)
+        dense.flush()
+        n = dense.rows
+        per = int(np.prod(self.spec.shape, dtype=np.int64))
+        owner = self.owner
+        cap = owner.backend.link_array(name, f"{name}.values", self.spec.dtype, (), n * per)
+        values = _StagedArray(
+            owner.backend,
+            f"{name}.values",
+            self.spec.dtype,
+            (),
+            rows=n * per,
+            capacity=cap,
+            budget=owner.budget,
+        )
+        self.arrays[values.name] = values
+        self._packed_arrays(n, n * per)
+        step = max(2**20 // max(self.spec.ndim, 1), 1)
+        shape_row = np.asarray(self.spec.shape, dtype=np.int64)
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            self.arrays[f"{name}.offsets"].append(np.arange(start, stop, dtype=np.int64) * per)
+            self.arrays[f"{name}.shapes"].append(
+                np.broadcast_to(shape_row, (stop - start, self.spec.ndim))
+            )
+        self.values_rows = n * per
+        self.layout = FieldLayout(kind="packed", fill=self.layout.fill)
+        owner.obsolete.add(name)
+        log.debug("field %r became ragged after %d samples: staged packed", name, n)
+
+    def _padded_to_packed(self) -> None:
+        """Copy padded samples into packed form (a sample outgrew the preset max shape)."""
+        # The shapes array stays as it is: it already holds the true shapes of these samples.
+        name = self.spec.name
+        padded = self.arrays.pop(name)
+        padded.flush()
+        self.arrays[f"{name}.shapes"].flush()
+        n = padded.rows
+        backend = self.owner.backend
+        self._new_array(f"{name}.values", self.spec.dtype, (), 1024)
+        self._packed_arrays(n, 0, shapes=False)
+        self.layout = FieldLayout(kind="packed", fill=self.layout.fill)
+        step = max(self.owner.budget // 4 // max(padded.row_nbytes, 1), 1)
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            block = backend.read(name, start, stop)
+            shp = backend.read(f"{name}.shapes", start, stop)
+            samples = [block[(i, *(slice(0, int(d)) for d in shp[i]))] for i in range(stop - start)]
+            self._append_packed(samples, shp, new=False)
+        self.owner.obsolete.add(name)
+
+    def finish(self) -> None:
+        """Lay a packed field out padded (``ragged='pad'``): one streaming pass."""
+        if self.layout.kind != "packed" or self.owner.ragged == "pack":
+            return
+        name = self.spec.name
+        owner = self.owner
+        backend = owner.backend
+        for arr in self.arrays.values():
+            arr.flush()
+        bound = owner.max_shape.get(name)
+        shape = self.spec.shape
+        if bound is not None and len(bound) == len(shape):
+            shape = tuple(max(a, b) for a, b in zip(bound, shape, strict=True))
+        n = self.arrays[f"{name}.shapes"].rows
+        owner.commit()  # the packed arrays are declared before the dense name is reused
+        padded = self._new_array(name, self.spec.dtype, shape, n)
+        row_nbytes = padded.row_nbytes
+        step = max(owner.budget // 4 // max(row_nbytes, 1), 1)
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            offsets = backend.read(f"{name}.offsets", start, stop)
+            shapes = backend.read(f"{name}.shapes", start, stop)
+            lo = int(offsets[0])
+            last = int(offsets[-1]) + int(np.prod(shapes[-1], dtype=np.int64))
+            values = backend.read(f"{name}.values", lo, last)
+            samples = unpack_block(values, offsets, shapes, lo)
+            padded.append(pad_block(samples, shape, self.spec.dtype, self.layout.fill))
+        self.spec = FieldSpec(name, shape, self.spec.dtype, ragged=True)
+        self.layout = FieldLayout(kind="padded", fill=self.layout.fill)
+        for old in (f"{name}.values", f"{name}.offsets"):
+            self.arrays.pop(old)
+            owner.obsolete.add(old)
+
+
+class Writer:
+    """Write batches into a store incrementally; a context manager.
+
+    Parameters
+    ----------
+    path
+        Where the store goes. The backend follows the suffix (``.zarr``, ``.h5``/``.hdf5``,
+        anything else is npy) unless ``backend=`` names one.
+    names
+        Field names for array or tuple batches (default ``"0"``, ``"1"``, ...).
+    length
+        Expected number of samples: files are preallocated for it (and grow if it is exceeded).
+    backend
+        ``"npy"``, ``"zarr"`` or ``"hdf5"``.
+    batched
+        True: each appended item is a batch (axis 0 = samples). False: each item is one sample.
+    overwrite
+        Replace an existing store at ``path``.
+    resume
+        Continue the store at ``path`` from its last commit (``skip`` then tells how many
+        samples of the source to drop).
+    memory
+        Memory budget for buffers (bytes or ``"512MB"``); default: a share of what is free.
+    progress
+        Show a progress bar (default: when stderr is a terminal).
+    ragged
+        ``"pad"`` (default): samples of varying trailing shape are padded to the max shape and
+        their true shapes kept; ``"pack"``: stored end to end with offsets; ``"error"``: refuse.
+    fill
+        Pad value, or a dict of them per field.
+    max_shape
+        Per field (a dict), the padded shape to preallocate when it is known up front.
+    casting
+        How far a later batch may be cast to the schema's dtype (NumPy casting rules).
+    commit_bytes, commit_seconds
+        Commit after this many bytes or seconds since the last commit.
+    attrs
+        JSON-serialisable user metadata kept in the manifest.
+
+    Raises
+    ------
+    StoreExistsError
+        If a store exists at ``path`` and neither ``overwrite`` nor ``resume`` is set.
+    StoreLockedError
+        If another process is writing the store.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        names: Sequence[str] | None = None,
+        length: int | None = None,
+        backend: str | None = None,
+        batched: bool = True,
+        overwrite: bool = False,
+        resume: bool = False,
+        memory: MemoryLike = None,
+        progress: bool | None = False,
+        ragged: RaggedMode = "pad",
+        fill: Any = 0,
+        max_shape: Mapping[str, ShapeLike] | ShapeLike | None = None,
+        casting: Casting = "safe",
+        chunks: Mapping[str, int] | int | None = None,
+        compressors: Any = None,
+        commit_bytes: int | None = None,
+        commit_seconds: float = 30.0,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if ragged not in ("pad", "pack", "error"):
+            msg = f"ragged must be 'pad', 'pack' or 'error', not {ragged!r}"
+            raise ValueError(msg)
+        if casting not in ("no", "equiv", "safe", "same_kind", "unsafe"):
+            msg = f"casting must be one of no, equiv, safe, same_kind, unsafe; not {casting!r}"
+            raise ValueError(msg)
+        if length is not None and (not isinstance(length, int | np.integer) or length < 0):
+            msg = f"length must be a non-negative integer, not {length!r}"
+            raise ValueError(msg)
+        self.path = Path(path)
+        self.names = list(names) if names is not None else None
+        self.length_expected = int(length) if length is not None else None
+        self.batched = batched
+        self.ragged: RaggedMode = ragged
+        self.fill = fill
+        self.max_shape = _as_max_shapes(max_shape)
+        self.casting: Casting = casting
+        self.budget = sizing.memory_budget(memory)
+        self.commit_every_bytes = commit_bytes or sizing.commit_bytes(self.budget)
+        self.commit_every_seconds = commit_seconds
+        self.attrs = dict(attrs or {})
+        self.obsolete: set[str] = set()  # arrays to delete once a manifest no longer names them
+        self.n_batches_hint: int | None = None
+        self._progress_flag = progress
+        self._progress: Progress | None = None
+        self._fields: dict[str, _FieldWriter] = {}
+        self._schema: Schema | None = None
+        self._closed = False
+        self._broken = False
+        self._batch_index = 0
+        self._since_commit = 0
+        self._last_commit = time.monotonic()
+        self.length = 0  # samples appended
+        self.committed = 0  # samples in the last commit
+        self.skip = 0  # samples of the source already stored (resume)
+        self.bytes_written = 0
+
+        exists = self.path.exists() or self.path.is_symlink()
+        existing_backend = _existing_store_backend(self.path) if exists else None
+        if resume and existing_backend is not None:
+            self.backend_name = existing_backend
+            if backend is not None and backend != existing_backend:
+                msg = (
+                    f"cannot resume {str(self.path)!r} as {backend!r}: "
+                    f"it is a {existing_backend} store"
+                )
+                raise UnknownBackendError(msg)
+        else:
+            self.backend_name = backend_for_path(self.path, backend)
+        cls = backend_class(self.backend_name)
+        self.backend: Backend = cls(
+            self.path,
+            BackendOptions(
+                chunks=dict(chunks) if isinstance(chunks, Mapping) else chunks,
+                compressors=compressors,
+            ),
+        )
+        self._lock = StoreLock(cls.lock_path(self.path), self.path)
+
+        if existing_backend is not None and resume:
+            self._lock.acquire()
+            try:
+                self._reopen()
+            except BaseException:
+                self.backend.close()
+                self._lock.release()
+                raise
+            return
+        if exists:
+            self._clear_existing(existing_backend, overwrite)
+        self.backend.create()
+        self._lock.acquire()
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def _clear_existing(self, existing_backend: str | None, overwrite: bool) -> None:
+        path = self.path
+        if existing_backend is None and path.is_dir() and not path.is_symlink():
+            leftovers = [p.name for p in path.iterdir() if p.name != ".lock"]
+            if not leftovers:
+                return  # an empty directory, or one a writer died in before its first commit
+        if not overwrite:
+            what = "a store" if existing_backend else "a file or directory"
+            msg = f"{what} already exists at {str(path)!r}; pass overwrite=True to replace it" + (
+                " or resume=True to continue it" if existing_backend else ""
+            )
+            raise StoreExistsError(msg)
+        if existing_backend is None:
+            msg = (
+                f"{str(path)!r} exists and is not an oocstore store; refusing to delete it "
+                "with overwrite=True. Remove it yourself or choose another path"
+            )
+            raise StoreExistsError(msg)
+        # Take the old store's lock first: never delete a store another process is writing.
+        old_lock = StoreLock(backend_class(existing_backend).lock_path(path), path)
+        old_lock.acquire()
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        finally:
+            old_lock.release()
+
+    def _reopen(self) -> None:
+        cls = backend_class(self.backend_name)
+        manifest = cls.read_manifest(self.path)
+        capacities = self.backend.open_existing(manifest)
+        self._schema = manifest.schema
+        self.attrs = {**manifest.attrs, **self.attrs}
+        self.length = self.committed = self.skip = manifest.length
+        if self.names is None:
+            self.names = list(manifest.schema.names)
+        for spec in manifest.schema.fields:
+            layout = manifest.layout(spec.name)
+            fw = _FieldWriter(self, spec, layout)
+            for aname in layout.arrays(spec.name):
+                a = manifest.arrays[aname]
+                fw.arrays[aname] = _StagedArray(
+                    self.backend,
+                    aname,
+                    a.dtype,
+                    a.shape,
+                    rows=a.length,
+                    capacity=capacities[aname],
+                    budget=self.budget,
+                )
+            if layout.kind == "packed":
+                fw.values_rows = manifest.arrays[f"{spec.name}.values"].length
+            self._fields[spec.name] = fw
+        if manifest.complete:
+            # Appending to a closed store: say so before any byte changes.
+            manifest.complete = False
+            self.backend.write_manifest(manifest)
+        log.debug("resuming %s at %d samples", self.path, self.length)
+
+    def expected_capacity(self) -> int:
+        """Rows to allocate for per-sample arrays before the length is known exactly."""
+        if self.length_expected is not None:
+            return max(self.length_expected, self.length)
+        return max(self.length, 1024)
+
+    def _start(self, batch: Batch) -> None:
+        """Create the store's arrays from the first batch."""
+        schema = Schema.infer(batch, batch_index=self._batch_index)
+        for spec in schema.fields:
+            if spec.ragged and self.ragged == "error":
+                value = batch.fields[spec.name]
+                shapes = sorted({v.shape for v in value}) if isinstance(value, list) else []
+                raise RaggedError(
+                    "samples of the first batch differ in shape and ragged='error'",
+                    field=spec.name,
+                    batch_index=self._batch_index,
+                    expected=shapes[0] if shapes else spec.shape,
+                    actual=shapes[-1] if shapes else spec.shape,
+                    hint="pass ragged='pad' or ragged='pack' to store samples of varying shape",
+                )
+        self._schema = schema
+        n = batch.size
+        if self.length_expected is not None:
+            capacity = self.length_expected
+        elif self.n_batches_hint is not None and n:
+            capacity = self.n_batches_hint * n  # exact unless batches differ in size
+        else:
+            capacity = max(n * 4, _INITIAL_BYTES // max(schema.sample_nbytes, 1), 1)
+        self.length_expected = self.length_expected or (
+            self.n_batches_hint * n if self.n_batches_hint else None
+        )
+        for spec in schema.fields:
+            fill = self.fill.get(spec.name, 0) if isinstance(self.fill, Mapping) else self.fill
+            bound = self.max_shape.get(spec.name)
+            fw = _FieldWriter(self, spec, FieldLayout(kind="dense", fill=fill))
+            if bound is not None:
+                if len(bound) != spec.ndim:
+                    msg = (
+                        f"max_shape for field {spec.name!r} has {len(bound)} axes but its "
+                        f"samples have {spec.ndim} ({spec.shape})"
+                    )
+                    raise RaggedError(msg, field=spec.name)
+                shape = tuple(max(a, b) for a, b in zip(bound, spec.shape, strict=True))
+                fw.spec = FieldSpec(spec.name, shape, spec.dtype, ragged=True)
+                fw.layout = FieldLayout(kind="padded", fill=fill)
+                fw._new_array(spec.name, spec.dtype, shape, capacity)
+                fw._new_array(f"{spec.name}.shapes", _SHAPES_DTYPE, (spec.ndim,), capacity)
+            elif spec.ragged:
+                fw.spec = FieldSpec(spec.name, spec.shape, spec.dtype, ragged=True)
+                fw.layout = FieldLayout(kind="packed", fill=fill)
+                value = batch.fields[spec.name]
+                mean = sum(v.size for v in value) // max(len(value), 1)
+                fw._packed_arrays(0, capacity * max(mean, 1))
+            else:
+                fw._new_array(spec.name, spec.dtype, spec.shape, capacity)
+            self._fields[spec.name] = fw
+        self.commit()  # an empty, valid store from the start
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    @property
+    def schema(self) -> Schema | None:
+        """The schema so far (None before the first batch)."""
+        if self._schema is None:
+            return None
+        return Schema(tuple(fw.spec for fw in self._fields.values()))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            msg = f"the writer of {str(self.path)!r} is closed"
+            raise WriterClosedError(msg)
+        if self._broken:
+            msg = (
+                f"an earlier write to {str(self.path)!r} failed; the store keeps its last "
+                "commit: open a new Writer with resume=True to continue"
+            )
+            raise WriterClosedError(msg)
+
+    def append(self, batch: Any) -> None:
+        """Append one batch (or one sample, when ``batched=False``).
+
+        Raises
+        ------
+        SchemaError
+            If the batch does not match the schema (the batch is refused, the writer goes on).
+        DiskFullError
+            If the disk fills up (the store keeps its last commit; resume later).
+        """
+        self._check_open()
+        index = self._batch_index
+        b = split_batch(batch, names=self.names, batched=self.batched, batch_index=index)
+        if self._schema is None:
+            if self.names is None:
+                self.names = list(b.fields)
+            self._start(b)
+        assert self._schema is not None
+        values = self._schema.check(b, batch_index=index, casting=self.casting)
+        self._batch_index += 1
+        n = b.size
+        if self.skip:
+            if n <= self.skip:
+                self.skip -= n
+                return
+            values = {k: v[self.skip :] for k, v in values.items()}
+            n -= self.skip
+            self.skip = 0
+        for name, fw in self._fields.items():
+            fw.check(values[name], index)
+        nbytes = 0
+        try:
+            for name, fw in self._fields.items():
+                nbytes += fw.append(values[name])
+        except BaseException:
+            self._broken = True
+            raise
+        self.length += n
+        self.bytes_written += nbytes
+        self._since_commit += nbytes
+        if self._progress is not None:
+            self._progress.update(n, nbytes)
+        if self._since_commit >= self.commit_every_bytes or (
+            time.monotonic() - self._last_commit >= self.commit_every_seconds
+        ):
+            self.commit()
+
+    def extend(self, batches: Iterable[Any]) -> None:
+        """Append every batch of ``batches``."""
+        for batch in batches:
+            self.append(batch)
+
+    def _manifest(self, complete: bool = False) -> Manifest:
+        assert self._schema is not None
+        layouts = {name: fw.layout for name, fw in self._fields.items()}
+        arrays = {a.name: a.spec() for fw in self._fields.values() for a in fw.arrays.values()}
+        return Manifest(
+            backend=self.backend_name,
+            schema=Schema(tuple(fw.spec for fw in self._fields.values())),
+            length=self.length,
+            complete=complete,
+            layouts=layouts,
+            arrays=arrays,
+            attrs=self.attrs,
+        )
+
+    def commit(self) -> None:
+        """Make every appended sample durable, then declare it in the manifest."""
+        self._check_open()
+        if self._schema is None:
+            return
+        try:
+            arrays = [a for fw in self._fields.values() for a in fw.arrays.values()]
+            for a in arrays:
+                a.flush()
+            self.backend.sync({a.name: a.rows for a in arrays})
+            self.backend.write_manifest(self._manifest())
+        except BaseException:
+            self._broken = True
+            raise
+        self._drop_obsolete()
+        self.committed = self.length
+        self._since_commit = 0
+        self._last_commit = time.monotonic()
+
+    def _drop_obsolete(self) -> None:
+        live = {a for fw in self._fields.values() for a in fw.arrays}
+        for name in sorted(self.obsolete - live):
+            self.backend.delete_array(name)
+        self.obsolete &= live
+
+    def close(self) -> None:
+        """Commit, lay out ragged fields, trim files to the exact length, mark the store complete.
+
+        Raises
+        ------
+        EmptySourceError
+            If nothing was ever appended (there is no schema to make a store from).
+        """
+        if self._closed:
+            return
+        try:
+            if self._broken:
+                return
+            if self._schema is None:
+                self._remove_empty()
+                msg = (
+                    f"nothing was written to {str(self.path)!r}: the source yielded no batch, "
+                    "so there is no schema to build a store from"
+                )
+                raise EmptySourceError(msg)
+            try:
+                for fw in self._fields.values():
+                    fw.finish()
+                arrays = [a for fw in self._fields.values() for a in fw.arrays.values()]
+                for a in arrays:
+                    a.flush()
+                lengths = {a.name: a.rows for a in arrays}
+                self.backend.sync(lengths)
+                self.backend.finalize(lengths)
+                self.backend.write_manifest(self._manifest(complete=True))
+                self._drop_obsolete()
+                self.committed = self.length
+            except BaseException:
+                self._broken = True
+                raise
+        finally:
+            self._release()
+
+    def abort(self) -> None:
+        """Commit what was appended and release the store, leaving it incomplete (resumable)."""
+        if self._closed:
+            return
+        try:
+            if not self._broken and self._schema is not None:
+                self.commit()
+            elif self._schema is None:
+                self._remove_empty()
+        finally:
+            self._release()
+
+    def _remove_empty(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.path / ".lock").unlink()
+            self.path.rmdir()
+
+    def _release(self) -> None:
+        self._closed = True
+        if self._progress is not None:
+            self._progress.close()
+        self.backend.close()
+        for fw in self._fields.values():
+            for a in fw.arrays.values():
+                a.release_buffer()
+        self._lock.release()
+
+    def __enter__(self) -> Writer:
+        if self._progress_flag is not False and self._progress is None:
+            self._progress = Progress(
+                self._progress_flag, self.length_expected, self.path, self.path.name
+            )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.abort()
+        except OocstoreError:
+            log.exception("could not commit %s after an error", self.path)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        where = f"{str(self.path)!r} {self.backend_name}"
+        return f"<oocstore.Writer {where} {self.length} samples {state}>"
+
+
+def _existing_store_backend(path: Path) -> str | None:
+    try:
+        return detect_backend(path)
+    except (UnknownBackendError, CorruptStoreError):
+        return None
+    except OSError:
+        return None
+
+
+def _as_max_shapes(
+    max_shape: Mapping[str, ShapeLike] | ShapeLike | None,
+) -> dict[str, tuple[int, ...]]:
+    if max_shape is None:
+        return {}
+    if isinstance(max_shape, Mapping):
+        return {str(k): tuple(int(d) for d in v) for k, v in max_shape.items()}
+    msg = "max_shape must be a dict mapping field names to shapes, e.g. {'images': (256, 256, 3)}"
+    raise TypeError(msg)
+
+
+def write(
+    source: Any,
+    path: PathLike,
+    *,
+    length: int | None = None,
+    names: Sequence[str] | None = None,
+    batched: bool = True,
+    backend: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    memory: MemoryLike = None,
+    progress: bool | None = None,
+    ragged: RaggedMode = "pad",
+    fill: Any = 0,
+    max_shape: Mapping[str, ShapeLike] | None = None,
+    casting: Casting = "safe",
+    chunks: Mapping[str, int] | int | None = None,
+    compressors: Any = None,
+    commit_bytes: int | None = None,
+    commit_seconds: float = 30.0,
+    attrs: Mapping[str, Any] | None = None,
+) -> Store:
+    """Stream every batch of ``source`` into a store at ``path`` and open it.
+
+    ``source`` is any iterable of batches (a generator, a list, a DataLoader...), or an array
+    (or a tuple/dict of arrays) that is sliced into batches. The length is taken from
+    ``length=`` or from the source when it tells; otherwise files grow as needed. The other
+    parameters are those of :class:`Writer`.
+
+    Returns
+    -------
+    Store
+        The finished store, opened read-only.
+
+    Raises
+    ------
+    EmptySourceError
+        If the source yields nothing.
+    SchemaError
+        If a batch does not match the first (the store keeps what came before it, incomplete).
+    StoreExistsError
+        If a store exists at ``path`` and neither ``overwrite`` nor ``resume`` is set.
+    """
+    from .reader import open as open_store
+
+    stream = as_stream(source, batched=batched)
+    writer = Writer(
+        path,
+        names=names,
+        length=length if length is not None else stream.length,
+        backend=backend,
+        batched=stream.batched,
+        overwrite=overwrite,
+        resume=resume,
+        memory=memory,
+        progress=progress,
+        ragged=ragged,
+        fill=fill,
+        max_shape=max_shape,
+        casting=casting,
+        chunks=chunks,
+        compressors=compressors,
+        commit_bytes=commit_bytes,
+        commit_seconds=commit_seconds,
+        attrs=attrs,
+    )
+    writer.n_batches_hint = stream.n_batches if length is None else None
+    with writer:
+        writer.extend(stream.batches)
+    return open_store(path)
