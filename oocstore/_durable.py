@@ -41,7 +41,12 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
 
 def pwrite_all(fd: int, data: np.ndarray | bytes | memoryview, offset: int, path: Path) -> None:
     """Write all of ``data`` at ``offset``; a short write is continued, ENOSPC is DiskFullError."""
-    view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+    if isinstance(data, np.ndarray):
+        if data.nbytes == 0:
+            return
+        # A byte view: memoryview refuses datetime64 and zero-size shapes.
+        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    view = memoryview(data).cast("B")  # type: ignore[arg-type]
     done = 0
     total = len(view)
     try:

@@ -80,14 +80,9 @@ def split_batch(
     """
     if isinstance(batch, Mapping):
         keys = [str(k) for k in batch]
-        if names is not None and sorted(map(str, names)) != sorted(keys):
-            raise BatchError(
-                "the dict's keys differ from names=",
-                batch_index=batch_index,
-                expected=sorted(map(str, names)),
-                actual=sorted(keys),
-            )
-        order = [str(n) for n in names] if names is not None else keys
+        # names= only orders a dict's fields; missing or extra keys are the schema's to report.
+        same_keys = names is not None and sorted(map(str, names)) == sorted(keys)
+        order = [str(n) for n in names] if same_keys and names is not None else keys
         by_key = {str(k): v for k, v in batch.items()}
         raw = {k: by_key[k] for k in order}
     elif isinstance(batch, tuple | list) and not is_array_like(batch):

@@ -41,7 +41,7 @@ class ArraySpec:
     @property
     def row_nbytes(self) -> int:
         """Bytes of one row."""
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # Python ints: no overflow
 
     def to_json(self) -> dict[str, Any]:
         """This spec as JSON-ready data."""

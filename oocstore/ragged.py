@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "region",
     "fits",
     "max_shape_of",
     "pad_block",
@@ -15,6 +16,11 @@ __all__ = [
     "sample_shapes",
     "unpack_block",
 ]
+
+
+def region(index: int, shape: Sequence[int] | np.ndarray) -> tuple[Any, ...]:
+    """The index of sample ``index``'s true region in a padded array: ``(i, :h, :w, ...)``."""
+    return (index, *(slice(0, int(d)) for d in shape))
 
 
 def sample_shapes(value: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
@@ -56,7 +62,7 @@ def pad_block(
         return samples
     out = np.full((n, *shape), fill, dtype=dtype)
     for i, s in enumerate(samples):
-        out[(i, *(slice(0, d) for d in s.shape))] = s
+        out[region(i, s.shape)] = s
     return out
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from .backends import backend_class, detect_backend
 from .backends.base import ArrayReader
 from .manifest import Manifest
+from .ragged import region
 from .schema import Schema
 
 __all__ = ["PackedArray", "Store", "open"]
@@ -87,7 +88,7 @@ class PackedArray(Sequence[np.ndarray]):
         )
         out = np.full((len(self), *shape), fill, dtype=self.dtype)
         for i, s in enumerate(self):
-            out[(i, *(slice(0, d) for d in s.shape))] = s
+            out[region(i, s.shape)] = s
         return out
 
     def __repr__(self) -> str:
@@ -212,7 +213,7 @@ class Store:
         if kind == "dense":
             return np.asarray(arr[i])
         shape = self._arrays[f"{field}.shapes"][i]
-        return np.asarray(arr[(i, *(slice(0, int(d)) for d in shape))])
+        return np.asarray(arr[region(i, shape)])
 
     def mask(self, field: str, index: int | slice) -> np.ndarray:
         """Boolean mask of the valid (unpadded) region of sample(s) ``index`` in the padded array.
@@ -233,8 +234,11 @@ class Store:
 
     def iter_batches(
         self, batch_size: int, *, fields: Sequence[str] | None = None
-    ) -> Iterator[tuple[np.ndarray, ...]]:
-        """Yield consecutive batches as tuples of NumPy arrays (one per field, in order)."""
+    ) -> Iterator[tuple[Any, ...]]:
+        """Yield consecutive batches as tuples of NumPy arrays (one per field, in order).
+
+        A packed field gives a list of its samples instead.
+        """
         if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
             msg = f"batch_size must be a positive integer, not {batch_size!r}"
             raise ValueError(msg)

@@ -6,6 +6,7 @@ casting the user chose allows it), and never so that NaN or out-of-range values 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -143,7 +144,7 @@ class FieldSpec:
     @property
     def sample_nbytes(self) -> int:
         """Bytes of one (padded) sample."""
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # Python ints: no overflow
 
     def to_json(self) -> dict[str, Any]:
         """This spec as JSON-ready data."""
@@ -239,10 +240,8 @@ def conform_dtype(
                 actual=str(actual),
             )
         return values.astype(expected)
-    hint = (
-        f"cast the data yourself, or pass casting='same_kind' or 'unsafe' to allow "
-        f"{actual} -> {expected}"
-    )
+    wider: Casting = "same_kind" if np.can_cast(actual, expected, "same_kind") else "unsafe"
+    hint = f"Cast the data yourself, or pass casting={wider!r} to allow {actual} -> {expected}"
     what = f"dtype changed and the cast is not {casting!r}"
     raise DtypeError(
         what,

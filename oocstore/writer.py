@@ -35,7 +35,7 @@ from .errors import (
 )
 from .manifest import ArraySpec, FieldLayout, Manifest
 from .progress import Progress
-from .ragged import fits, max_shape_of, pack_block, pad_block, sample_shapes, unpack_block
+from .ragged import fits, max_shape_of, pack_block, pad_block, region, sample_shapes, unpack_block
 from .schema import Casting, FieldSpec, Schema
 from .sizing import MemoryLike
 from .sources import as_stream
@@ -295,7 +295,7 @@ class _FieldWriter:
             stop = min(start + step, n)
             block = backend.read(name, start, stop)
             shp = backend.read(f"{name}.shapes", start, stop)
-            samples = [block[(i, *(slice(0, int(d)) for d in shp[i]))] for i in range(stop - start)]
+            samples = [block[region(i, shp[i])] for i in range(stop - start)]
             self._append_packed(samples, shp, new=False)
         self.owner.obsolete.add(name)
 
@@ -483,6 +483,19 @@ class Writer:
             leftovers = [p.name for p in path.iterdir() if p.name != ".lock"]
             if not leftovers:
                 return  # an empty directory, or one a writer died in before its first commit
+            cls = backend_class(self.backend_name)
+            unfinished = cls.unfinished_files(path)
+            if unfinished is not None:
+                # A writer died between creating its arrays and its first commit: nothing was
+                # committed, so its files go (under its lock, in case it is still alive).
+                dead_lock = StoreLock(cls.lock_path(path), path)
+                dead_lock.acquire()
+                try:
+                    for leftover in unfinished:
+                        leftover.unlink(missing_ok=True)
+                finally:
+                    dead_lock.release()
+                return
         if not overwrite:
             what = "a store" if existing_backend else "a file or directory"
             msg = f"{what} already exists at {str(path)!r}; pass overwrite=True to replace it" + (
@@ -631,8 +644,6 @@ class Writer:
         index = self._batch_index
         b = split_batch(batch, names=self.names, batched=self.batched, batch_index=index)
         if self._schema is None:
-            if self.names is None:
-                self.names = list(b.fields)
             self._start(b)
         assert self._schema is not None
         values = self._schema.check(b, batch_index=index, casting=self.casting)

@@ -78,6 +78,15 @@ class Backend(ABC):
         """The file whose ``flock`` marks the single writer."""
         return root / ".lock"
 
+    @classmethod
+    def unfinished_files(cls, root: Path) -> list[Path] | None:
+        """The files a writer killed before its first commit left at ``root`` (no manifest).
+
+        None unless ``root`` holds such a writer's lock and nothing it would not have written:
+        only then may a new writer delete them. This default recognises nothing.
+        """
+        return None
+
     # -- writing -----------------------------------------------------------------------------
 
     @abstractmethod

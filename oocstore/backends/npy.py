@@ -33,6 +33,7 @@ __all__ = ["MANIFEST_NAME", "NpyBackend"]
 
 MANIFEST_NAME = "oocstore.json"
 _ARRAY_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(\.(shapes|values|offsets))?\.npy")
+_PARTIAL_MANIFEST = re.compile(r"\.oocstore\.json\.[0-9a-f]{32}\.partial")  # atomic_write_bytes
 
 
 class _OpenArray:
@@ -64,6 +65,22 @@ class NpyBackend(Backend):
     @classmethod
     def holds_store(cls, root: Path) -> bool:
         return root.is_dir() and (root / MANIFEST_NAME).is_file()
+
+    @classmethod
+    def unfinished_files(cls, root: Path) -> list[Path] | None:
+        if root.is_symlink() or not root.is_dir() or not cls.lock_path(root).is_file():
+            return None
+        if (root / MANIFEST_NAME).exists() or (root / MANIFEST_NAME).is_symlink():
+            return None
+        found = []
+        for entry in os.scandir(root):
+            if entry.name == cls.lock_path(root).name:
+                continue
+            ours = _ARRAY_FILE.fullmatch(entry.name) or _PARTIAL_MANIFEST.fullmatch(entry.name)
+            if not ours or not entry.is_file(follow_symlinks=False):
+                return None
+            found.append(Path(entry.path))
+        return found
 
     @classmethod
     def read_manifest(cls, root: Path) -> Manifest:
@@ -169,7 +186,7 @@ class NpyBackend(Backend):
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         arr = self._arrays[name]
         out = np.empty((stop - start, *arr.shape), dtype=arr.dtype)
-        view = memoryview(out.reshape(-1).view(np.uint8)) if out.size else memoryview(b"")
+        view = memoryview(out.reshape(-1).view(np.uint8)) if out.size else memoryview(b"")  # type: ignore[arg-type]
         done = 0
         offset = DATA_OFFSET + start * arr.row_nbytes
         while done < len(view):

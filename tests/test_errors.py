@@ -1,0 +1,260 @@
+"""One case per error: the specific exception, and a message that names what went wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import oocstore
+from oocstore.errors import OocstoreError
+
+
+def write_store(path: Path, **kw) -> oocstore.Store:  # type: ignore[no-untyped-def]
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    return oocstore.write([(x, np.arange(10))], path, names=("x", "y"), **kw)
+
+
+# -- input discipline ------------------------------------------------------------------------
+
+
+def test_dtype_drift_is_refused_naming_field_and_batch(store_path: Path) -> None:
+    with pytest.raises(oocstore.DtypeError, match=r"batch 1, field 'y'.*int64.*float64") as e:
+        oocstore.write(
+            [(np.zeros((2, 3)), np.arange(2)), (np.zeros((2, 3)), np.ones(2))],
+            store_path,
+            names=("x", "y"),
+        )
+    assert e.value.field == "y"
+    assert e.value.batch_index == 1
+    assert isinstance(e.value, ValueError)
+    store = oocstore.open(store_path)
+    assert len(store) == 2
+    assert not store.complete
+
+
+def test_safe_casts_are_applied(store_path: Path) -> None:
+    store = oocstore.write(
+        [np.zeros(3, np.float64), np.ones(2, np.float32), np.arange(2, dtype=np.int32)], store_path
+    )
+    assert store["0"].dtype == np.float64
+    assert store["0"].tolist() == [0, 0, 0, 1, 1, 0, 1]
+
+
+def test_float_to_int_never_silent(store_path: Path) -> None:
+    bad = np.array([255.7, 300, -1, np.nan])
+    with pytest.raises(oocstore.DtypeError, match="cast"):
+        oocstore.write([np.zeros(2, np.uint8), bad], store_path)
+
+
+def test_unsafe_cast_still_refuses_nan_and_out_of_range(store_path: Path) -> None:
+    with pytest.raises(oocstore.DtypeError, match="NaN, infinite or out of range"):
+        oocstore.write(
+            [np.zeros(2, np.uint8), np.array([1.0, np.nan])], store_path, casting="unsafe"
+        )
+
+
+def test_same_kind_cast_checks_range(store_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(oocstore.DtypeError, match="out of range"):
+        oocstore.write([np.zeros(2, np.int8), np.array([1, 300])], store_path, casting="same_kind")
+    ok = oocstore.write(
+        [np.zeros(2, np.int8), np.array([1, -100])], tmp_path / "ok.ooc", casting="same_kind"
+    )
+    assert ok["0"].tolist() == [0, 0, 1, -100]
+
+
+def test_byte_order_is_normalised(store_path: Path) -> None:
+    store = oocstore.write([np.arange(3, dtype="<i4"), np.arange(3, dtype=">i4")], store_path)
+    assert store["0"].dtype == np.dtype("<i4")
+    assert store["0"].tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_missing_batch_axis_is_never_broadcast(store_path: Path) -> None:
+    with pytest.raises(oocstore.RaggedError, match=r"batch 1, field '0'.*number of axes"):
+        oocstore.write([np.zeros((4, 3)), np.zeros(3)], store_path)
+
+
+def test_object_arrays_are_refused(store_path: Path) -> None:
+    with pytest.raises(oocstore.UnsupportedDtypeError, match="object"):
+        oocstore.write([np.array([1, "a", None], dtype=object)], store_path)
+    with pytest.raises(oocstore.UnsupportedDtypeError, match="object"):
+        oocstore.write([([1, "a", None],)], store_path)
+
+
+def test_missing_and_extra_fields(store_path: Path) -> None:
+    with pytest.raises(oocstore.BatchError, match=r"batch 1.*missing \['b'\], unexpected \['c'\]"):
+        oocstore.write(
+            [{"a": np.zeros(2), "b": np.zeros(2)}, {"a": np.zeros(2), "c": np.zeros(2)}], store_path
+        )
+
+
+def test_fields_of_unequal_length(store_path: Path) -> None:
+    with pytest.raises(oocstore.BatchError, match="different numbers of samples"):
+        oocstore.write([(np.zeros(3), np.zeros(4))], store_path)
+
+
+def test_scalar_batch_needs_batched_false(store_path: Path) -> None:
+    with pytest.raises(oocstore.BatchError, match="batched=False"):
+        oocstore.write([1, 2, 3], store_path)
+
+
+def test_names_must_fit_the_batch(store_path: Path) -> None:
+    with pytest.raises(oocstore.BatchError, match="names= gives 3"):
+        oocstore.write([(np.zeros(2), np.zeros(2))], store_path, names=("a", "b", "c"))
+
+
+def test_ragged_error_mode(store_path: Path) -> None:
+    with pytest.raises(oocstore.RaggedError, match=r"batch 1, field 'img'.*\(4, 4\).*\(5, 4\)"):
+        oocstore.write(
+            [np.zeros((2, 4, 4)), np.zeros((2, 5, 4))], store_path, names=("img",), ragged="error"
+        )
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/b", "..", "x.npy", "", "a b"])
+def test_unsafe_field_names(store_path: Path, name: str) -> None:
+    with pytest.raises(oocstore.FieldNameError, match="is not allowed"):
+        oocstore.write([{name: np.zeros(2)}], store_path)
+    assert not (store_path.parent / "x.npy").exists()
+
+
+def test_empty_stream(store_path: Path) -> None:
+    with pytest.raises(oocstore.EmptySourceError, match="yielded no batch"):
+        oocstore.write(iter([]), store_path)
+    assert not store_path.exists()
+
+
+# -- stores on disk ---------------------------------------------------------------------------
+
+
+def test_existing_store_needs_overwrite(store_path: Path) -> None:
+    write_store(store_path)
+    with pytest.raises(oocstore.StoreExistsError, match=r"overwrite=True.*resume=True"):
+        write_store(store_path)
+    assert len(write_store(store_path, overwrite=True)) == 10
+
+
+def test_overwrite_never_deletes_a_foreign_directory(tmp_path: Path) -> None:
+    target = tmp_path / "photos"
+    target.mkdir()
+    (target / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(oocstore.StoreExistsError, match="not an oocstore store"):
+        write_store(target, overwrite=True)
+    assert (target / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_unknown_backend(tmp_path: Path) -> None:
+    with pytest.raises(oocstore.UnknownBackendError, match="choose one of"):
+        write_store(tmp_path / "s", backend="parquet")
+
+
+def test_open_missing_and_foreign(tmp_path: Path) -> None:
+    with pytest.raises(oocstore.StoreNotFoundError):
+        oocstore.open(tmp_path / "nope.ooc")
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(oocstore.UnknownBackendError, match="not an oocstore store"):
+        oocstore.open(tmp_path / "dir")
+
+
+def test_writer_closed(store_path: Path) -> None:
+    w = oocstore.Writer(store_path)
+    w.append(np.zeros(2))
+    w.close()
+    with pytest.raises(oocstore.WriterClosedError, match="closed"):
+        w.append(np.zeros(2))
+
+
+# -- tampered npy stores ----------------------------------------------------------------------
+
+
+def tamper_manifest(path: Path, change) -> None:  # type: ignore[no-untyped-def]
+    doc = json.loads((path / "oocstore.json").read_text())
+    change(doc)
+    (path / "oocstore.json").write_text(json.dumps(doc))
+
+
+def _set_shape(doc, shape):  # type: ignore[no-untyped-def]
+    doc["fields"][0]["shape"] = shape
+    doc["arrays"]["x"]["shape"] = shape
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda d: d.update(version=99), "newer than this oocstore"),
+        (lambda d: d.update(format="other"), "not an oocstore manifest"),
+        (lambda d: d.update(length=-1), "non-negative integer"),
+        (lambda d: d.update(length=10**6), "rows but the store"),
+        (lambda d: _set_shape(d, [-4]), "shape"),
+        (lambda d: _set_shape(d, [2**40, 2**40]), "shape|absurd"),
+        (
+            lambda d: (
+                d["arrays"]["x"].update(length=10**6)
+                or d.update(length=10**6)
+                or d["arrays"]["y"].update(length=10**6)
+            ),
+            "too short|manifest says",
+        ),
+        (lambda d: d["fields"][0].update(name="../../etc"), "not allowed"),
+        (lambda d: d["fields"][0].update(dtype="|O"), "object"),
+        (lambda d: d["fields"][0].update(dtype=[["a"]]), "not a valid dtype"),
+        (lambda d: d.update(arrays={**d["arrays"], "ghost": d["arrays"]["x"]}), "no field"),
+        (lambda d: d.update(backend="rar"), "unknown backend"),
+    ],
+)
+def test_tampered_manifest(tmp_path: Path, change, match: str) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "s.ooc"
+    write_store(path).close()
+    tamper_manifest(path, change)
+    with pytest.raises(oocstore.CorruptStoreError, match=match) as e:
+        oocstore.open(path)
+    assert isinstance(e.value, ValueError)
+    assert "oocstore.json" in str(e.value) or ".npy" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{", "[]", "null", "{" * 100_000 + "}" * 100_000, '{"format": NaN}', "\udcff"],
+)
+def test_garbage_manifest(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "s.ooc"
+    write_store(path).close()
+    (path / "oocstore.json").write_bytes(text.encode("utf8", "surrogateescape"))
+    with pytest.raises(oocstore.CorruptStoreError):
+        oocstore.open(path)
+
+
+def test_truncated_field_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.ooc"
+    write_store(path).close()
+    os.truncate(path / "x.npy", 4096 + 10)
+    with pytest.raises(oocstore.CorruptStoreError, match=r"too short.*truncated"):
+        oocstore.open(path)
+
+
+def test_tampered_npy_header(tmp_path: Path) -> None:
+    path = tmp_path / "s.ooc"
+    write_store(path).close()
+    with open(path / "x.npy", "r+b") as f:
+        f.seek(10)
+        f.write(b"{'descr': '<f8', 'shape': (99999999999999999999,), }")
+    with pytest.raises(oocstore.CorruptStoreError, match=r"x\.npy"):
+        oocstore.open(path)
+
+
+def test_planted_symlink_is_not_followed(tmp_path: Path) -> None:
+    path = tmp_path / "s.ooc"
+    write_store(path).close()
+    outside = tmp_path / "outside.npy"
+    np.save(outside, np.zeros((10, 4), np.float32))
+    (path / "x.npy").unlink()
+    (path / "x.npy").symlink_to(outside)
+    with pytest.raises(oocstore.CorruptStoreError, match="cannot open"):
+        oocstore.open(path)
+
+
+def test_every_error_is_an_oocstore_error() -> None:
+    for name in oocstore.errors.__all__:
+        assert issubclass(getattr(oocstore.errors, name), OocstoreError)
