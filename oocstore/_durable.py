@@ -28,9 +28,10 @@ __all__ = [
 _NOSPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
-def _raise_disk_full(err: OSError, path: str | os.PathLike[str]) -> None:
+def _raise_disk_full(err: OSError, path: Path, needed: int | None = None) -> None:
     if err.errno in _NOSPACE:
-        raise DiskFullError(os.fspath(path)) from err
+        free = free_bytes(path.parent) if needed is not None else None
+        raise DiskFullError(os.fspath(path), needed=needed, free=free) from err
     raise err
 
 
@@ -96,10 +97,8 @@ def preallocate(fd: int, start: int, length: int, path: Path) -> bool:
         try:
             os.posix_fallocate(fd, start, length)
         except OSError as err:
-            if err.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                pass
-            else:
-                _raise_disk_full(err, path)
+            if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                _raise_disk_full(err, path, needed=length)
         else:
             return True
     free = free_bytes(path.parent)

@@ -26,6 +26,7 @@ from .backends.base import Backend, BackendOptions
 from .batches import Batch, FieldValue, split_batch
 from .errors import (
     CorruptStoreError,
+    DiskFullError,
     EmptySourceError,
     OocstoreError,
     RaggedError,
@@ -229,7 +230,14 @@ class _FieldWriter:
         self, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], capacity: int
     ) -> _StagedArray:
         owner = self.owner
-        owner.backend.create_array(name, dtype, shape, capacity)
+        try:
+            owner.backend.create_array(name, dtype, shape, capacity)
+        except DiskFullError:
+            if not owner._guessed_capacity:
+                raise
+            # The first guess at an unknown length did not fit: allocate as data comes.
+            capacity = 0
+            owner.backend.create_array(name, dtype, shape, capacity)
         arr = _StagedArray(
             owner.backend, name, dtype, shape, rows=0, capacity=capacity, budget=owner.budget
         )
@@ -425,6 +433,7 @@ class Writer:
         self.attrs = dict(attrs or {})
         self.obsolete: set[str] = set()  # arrays to delete once a manifest no longer names them
         self.n_batches_hint: int | None = None
+        self._guessed_capacity = False
         self._progress_flag = progress
         self._progress: Progress | None = None
         self._fields: dict[str, _FieldWriter] = {}
@@ -572,21 +581,34 @@ class Writer:
                     actual=shapes[-1] if shapes else spec.shape,
                     hint="pass ragged='pad' or ragged='pack' to store samples of varying shape",
                 )
-        self._schema = schema
         n = batch.size
         if self.length_expected is not None:
             capacity = self.length_expected
         elif self.n_batches_hint is not None and n:
             capacity = self.n_batches_hint * n  # exact unless batches differ in size
+            self.length_expected = capacity
         else:
+            # A first guess only: shrunk to nothing if the disk cannot hold it (_new_array).
             capacity = max(n * 4, _INITIAL_BYTES // max(schema.sample_nbytes, 1), 1)
-        self.length_expected = self.length_expected or (
-            self.n_batches_hint * n if self.n_batches_hint else None
-        )
+            self._guessed_capacity = True
+        try:
+            self._create_fields(schema, batch, capacity)
+        except BaseException:
+            for fw in self._fields.values():
+                for name in list(fw.arrays):
+                    with contextlib.suppress(OSError):
+                        self.backend.delete_array(name)
+            self._fields = {}
+            raise
+        self._schema = schema
+        self.commit()  # an empty, valid store from the start
+
+    def _create_fields(self, schema: Schema, batch: Batch, capacity: int) -> None:
         for spec in schema.fields:
             fill = self.fill.get(spec.name, 0) if isinstance(self.fill, Mapping) else self.fill
             bound = self.max_shape.get(spec.name)
             fw = _FieldWriter(self, spec, FieldLayout(kind="dense", fill=fill))
+            self._fields[spec.name] = fw
             if bound is not None:
                 if len(bound) != spec.ndim:
                     msg = (
@@ -607,8 +629,6 @@ class Writer:
                 fw._packed_arrays(0, capacity * max(mean, 1))
             else:
                 fw._new_array(spec.name, spec.dtype, spec.shape, capacity)
-            self._fields[spec.name] = fw
-        self.commit()  # an empty, valid store from the start
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -770,9 +790,9 @@ class Writer:
             self._release()
 
     def _remove_empty(self) -> None:
+        """Remove a store that never got its first commit (nothing in it is data)."""
         with contextlib.suppress(OSError):
-            (self.path / ".lock").unlink()
-            self.path.rmdir()
+            self.backend.destroy()
 
     def _release(self) -> None:
         self._closed = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 import tempfile
 from pathlib import Path
 
@@ -251,3 +252,16 @@ def test_resume_of_complete_store_appends_only_new_samples(store_path: Path) -> 
     oocstore.write([x[:20]], store_path)
     store = oocstore.write([x[:35], x[35:]], store_path, resume=True)
     assert same(store["0"][:], x)
+
+
+def test_progress_shows_rate_bytes_and_free_disk(store_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    def slow_batches():  # type: ignore[no-untyped-def]
+        for _ in range(4):
+            time.sleep(0.3)
+            yield np.zeros((1000, 100), np.uint8)
+
+    oocstore.write(slow_batches(), store_path, progress=True)
+    err = capsys.readouterr().err
+    assert "samples" in err
+    assert "written" in err
+    assert "free" in err

@@ -7,6 +7,7 @@ grows, writes, syncs and trims arrays, stores the manifest, and opens arrays for
 
 from __future__ import annotations
 
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,14 @@ class Backend(ABC):
     @abstractmethod
     def finalize(self, lengths: dict[str, int]) -> None:
         """Trim every array to exactly ``lengths[name]`` rows (before the final manifest)."""
+
+    def destroy(self) -> None:
+        """Remove a store that never got its first commit (the writer found no data)."""
+        self.close()
+        if self.root.is_dir() and not self.root.is_symlink():
+            shutil.rmtree(self.root)
+        elif self.root.exists():
+            self.root.unlink()
 
     @abstractmethod
     def close(self) -> None:
