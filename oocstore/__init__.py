@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from .convert import convert
 from .errors import (
     BackendUnavailableError,
     BatchError,
@@ -25,7 +26,7 @@ from .errors import (
     UnsupportedDtypeError,
     WriterClosedError,
 )
-from .reader import PackedArray, Store, open
+from .reader import Damage, PackedArray, Store, open
 from .schema import FieldSpec, Schema
 from .writer import Writer, write
 
@@ -35,6 +36,7 @@ __all__ = [
     "BackendUnavailableError",
     "BatchError",
     "CorruptStoreError",
+    "Damage",
     "DiskFullError",
     "DtypeError",
     "EmptySourceError",
@@ -54,6 +56,7 @@ __all__ = [
     "Writer",
     "WriterClosedError",
     "__version__",
+    "convert",
     "open",
     "write",
 ]

@@ -7,9 +7,11 @@ A :class:`Store` pickles as its path, so it crosses into worker processes withou
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, overload
@@ -18,11 +20,31 @@ import numpy as np
 
 from .backends import backend_class, detect_backend
 from .backends.base import ArrayReader
+from .checksum import ALGORITHM, hash_rows
 from .manifest import Manifest
-from .ragged import region
+from .ragged import fits, max_shape_of, region
 from .schema import Schema
 
-__all__ = ["PackedArray", "Store", "open"]
+__all__ = ["Damage", "PackedArray", "Store", "open"]
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A committed span whose bytes no longer match the checksum the writer recorded."""
+
+    field: str
+    """The field the damaged array belongs to."""
+    array: str
+    """The physical array (file) that is damaged, e.g. ``images`` or ``img.shapes``."""
+    start: int
+    """First damaged row (of the span whose checksum failed)."""
+    stop: int
+    """One past the last row of that span."""
+    message: str
+    """What was found."""
+
+    def __str__(self) -> str:
+        return f"field {self.field!r} ({self.array}) rows {self.start}-{self.stop}: {self.message}"
 
 
 class PackedArray(Sequence[np.ndarray]):
@@ -79,17 +101,40 @@ class PackedArray(Sequence[np.ndarray]):
         for i in range(len(self)):
             yield self[i]
 
-    def to_padded(self, max_shape: Sequence[int] | None = None, fill: Any = 0) -> np.ndarray:
-        """All samples padded to ``max_shape`` (default: the largest) in one in-memory array."""
-        shape = (
-            tuple(max_shape)
-            if max_shape is not None
-            else tuple(int(d) for d in (self._shapes.max(axis=0) if len(self) else ()))
+    def to_padded(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        max_shape: Sequence[int] | None = None,
+        fill: Any = 0,
+        name: str = "0",
+        **write_options: Any,
+    ) -> Any:
+        """Pad every sample to ``max_shape`` (default: the largest shape).
+
+        With ``path``, stream the padded samples into a new store there (field ``name``, true
+        shapes kept) in one pass with bounded memory, and return it opened; without, return
+        one in-memory array.
+        """
+        bound = self._max_shape() if max_shape is None else tuple(int(d) for d in max_shape)
+        if len(bound) != self._shapes.shape[1] or not fits(self._shapes, bound):
+            msg = f"max_shape {bound} is smaller than the largest sample {self._max_shape()}"
+            raise ValueError(msg)
+        if path is None:
+            out = np.full((len(self), *bound), fill, dtype=self.dtype)
+            for i, s in enumerate(self):
+                out[region(i, s.shape)] = s
+            return out
+        from .writer import write  # the reader stage calls back into writing only here
+
+        step = max((64 * 2**20) // max(math.prod(bound) * self.dtype.itemsize, 1), 1)
+        blocks = ({name: self[i : i + step]} for i in range(0, len(self), step))
+        return write(
+            blocks, path, length=len(self), max_shape={name: bound}, fill=fill, **write_options
         )
-        out = np.full((len(self), *shape), fill, dtype=self.dtype)
-        for i, s in enumerate(self):
-            out[region(i, s.shape)] = s
-        return out
+
+    def _max_shape(self) -> tuple[int, ...]:
+        return max_shape_of(self._shapes)
 
     def __repr__(self) -> str:
         return f"<PackedArray {len(self)} samples of {self.dtype}>"
@@ -252,6 +297,39 @@ class Store:
                 a[start:stop] if isinstance(a, PackedArray) else np.asarray(a[start:stop])
                 for a in arrays
             )
+
+    def verify(self) -> list[Damage]:
+        """Rehash every committed span and compare with the writer's checksums.
+
+        Returns the damaged spans (empty when the store is intact). Rows committed before a
+        checksum existed for them (none, for stores this version writes) are not checked.
+        """
+        record = self._manifest.extra.get("checksums")
+        if not isinstance(record, dict) or not isinstance(record.get("spans"), dict):
+            return [Damage("*", "*", 0, len(self), "the store records no checksums")]
+        if record.get("algorithm") != ALGORITHM:
+            msg = f"unknown checksum algorithm {record.get('algorithm')!r:.40}"
+            return [Damage("*", "*", 0, len(self), msg)]
+        problems = []
+        for name, spec in self._manifest.arrays.items():
+            field = name.split(".", 1)[0]
+            spans = record["spans"].get(name, [])
+            for span in spans if isinstance(spans, list) else [None]:
+                if (
+                    not isinstance(span, list)
+                    or len(span) != 3
+                    or not all(type(v) is int for v in span[:2])
+                    or not 0 <= span[0] < span[1] <= spec.length
+                    or not isinstance(span[2], str)
+                ):
+                    problems.append(Damage(field, name, 0, spec.length, f"bad span {span!r:.60}"))
+                    continue
+                start, stop, expected = span
+                actual = hash_rows(self._arrays[name], start, stop)
+                if actual != expected:
+                    msg = f"checksum {actual} != recorded {expected}"
+                    problems.append(Damage(field, name, start, stop, msg))
+        return problems
 
     # -- life cycle --------------------------------------------------------------------------
 

@@ -149,6 +149,11 @@ def stage_rows(sample_nbytes: int, budget: int, chunk_rows: int = 1) -> int:
     return int(rows)
 
 
+def layout_rows(row_nbytes: int, budget: int) -> int:
+    """Samples per block when laying a packed field out padded: ~32 MB, within budget."""
+    return int(max(min(32 * 2**20, budget // 8) // max(row_nbytes, 1), 1))
+
+
 def commit_bytes(budget: int) -> int:
     """Bytes written between periodic commits: large enough that fsync costs little."""
     return int(min(max(budget, 256 * 2**20), 1 * 2**30))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,6 +26,7 @@ from ._lock import StoreLock
 from .backends import backend_class, backend_for_path, detect_backend
 from .backends.base import Backend, BackendOptions
 from .batches import Batch, FieldValue, split_batch
+from .checksum import ALGORITHM, SpanHasher
 from .errors import (
     CorruptStoreError,
     DiskFullError,
@@ -82,6 +85,7 @@ class _StagedArray:
         self.stage_start = rows  # first row held by the stage (rows before it are written)
         self.fill = 0  # rows in the stage
         self._buf: np.ndarray | None = None
+        self.hasher = SpanHasher(rows)
 
     @property
     def rows(self) -> int:
@@ -115,6 +119,7 @@ class _StagedArray:
         if n == 0:
             return
         self._ensure(self.rows + n)
+        self.hasher.update(values)
         pos = 0
         while pos < n:
             left = n - pos
@@ -230,6 +235,7 @@ class _FieldWriter:
         self, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], capacity: int
     ) -> _StagedArray:
         owner = self.owner
+        owner.checksums.pop(name, None)  # a new array: spans of an old one of that name go
         try:
             owner.backend.create_array(name, dtype, shape, capacity)
         except DiskFullError:
@@ -259,8 +265,11 @@ class _FieldWriter:
         dense = self.arrays.pop(name)
         dense.flush()
         n = dense.rows
-        per = int(np.prod(self.spec.shape, dtype=np.int64))
         owner = self.owner
+        span = dense.hasher.take(n)
+        if span is not None:
+            owner.checksums.setdefault(name, []).append(span)
+        per = math.prod(self.spec.shape)
         cap = owner.backend.link_array(name, f"{name}.values", self.spec.dtype, (), n * per)
         values = _StagedArray(
             owner.backend,
@@ -272,6 +281,10 @@ class _FieldWriter:
             budget=owner.budget,
         )
         self.arrays[values.name] = values
+        # The same bytes, so the same hashes: dense row spans become element spans.
+        owner.checksums[values.name] = [
+            [a * per, b * per, h] for a, b, h in owner.checksums.get(name, [])
+        ]
         self._packed_arrays(n, n * per)
         step = max(2**20 // max(self.spec.ndim, 1), 1)
         shape_row = np.asarray(self.spec.shape, dtype=np.int64)
@@ -321,19 +334,26 @@ class _FieldWriter:
         if bound is not None and len(bound) == len(shape):
             shape = tuple(max(a, b) for a, b in zip(bound, shape, strict=True))
         n = self.arrays[f"{name}.shapes"].rows
-        owner.commit()  # the packed arrays are declared before the dense name is reused
+        if name in owner.obsolete:
+            # The last commit still names the dense file this field started in: commit the
+            # packed arrays first, so that file can go before the padded one takes its name.
+            owner.commit()
         padded = self._new_array(name, self.spec.dtype, shape, n)
-        row_nbytes = padded.row_nbytes
-        step = max(owner.budget // 4 // max(row_nbytes, 1), 1)
+        step = max(sizing.layout_rows(padded.row_nbytes, owner.budget), 1)
+        # One buffer, refilled per block: fresh memory per block is slow to touch on this VM.
+        block = np.empty((min(step, n), *shape), dtype=self.spec.dtype)
         for start in range(0, n, step):
             stop = min(start + step, n)
             offsets = backend.read(f"{name}.offsets", start, stop)
             shapes = backend.read(f"{name}.shapes", start, stop)
             lo = int(offsets[0])
-            last = int(offsets[-1]) + int(np.prod(shapes[-1], dtype=np.int64))
+            last = int(offsets[-1]) + math.prod(int(d) for d in shapes[-1])
             values = backend.read(f"{name}.values", lo, last)
-            samples = unpack_block(values, offsets, shapes, lo)
-            padded.append(pad_block(samples, shape, self.spec.dtype, self.layout.fill))
+            out = block[: stop - start]
+            out[...] = self.layout.fill
+            for i, sample in enumerate(unpack_block(values, offsets, shapes, lo)):
+                out[region(i, sample.shape)] = sample
+            padded.append(out)
         self.spec = FieldSpec(name, shape, self.spec.dtype, ragged=True)
         self.layout = FieldLayout(kind="padded", fill=self.layout.fill)
         for old in (f"{name}.values", f"{name}.offsets"):
@@ -433,6 +453,8 @@ class Writer:
         self.attrs = dict(attrs or {})
         self.obsolete: set[str] = set()  # arrays to delete once a manifest no longer names them
         self.n_batches_hint: int | None = None
+        self.checksums: dict[str, list[list[Any]]] = {}  # array -> [[start, stop, hash], ...]
+        self._pending: tuple[Future[None], int, set[str]] | None = None
         self._guessed_capacity = False
         self._progress_flag = progress
         self._progress: Progress | None = None
@@ -469,6 +491,11 @@ class Writer:
             ),
         )
         self._lock = StoreLock(cls.lock_path(self.path), self.path)
+        self._committer = (
+            ThreadPoolExecutor(1, thread_name_prefix="oocstore-commit")
+            if cls.background_sync
+            else None
+        )
 
         if existing_backend is not None and resume:
             self._lock.acquire()
@@ -535,6 +562,9 @@ class Writer:
         self._schema = manifest.schema
         self.attrs = {**manifest.attrs, **self.attrs}
         self.length = self.committed = self.skip = manifest.length
+        stored = manifest.extra.get("checksums", {})
+        if isinstance(stored, dict) and isinstance(stored.get("spans"), dict):
+            self.checksums = {k: list(v) for k, v in stored["spans"].items()}
         if self.names is None:
             self.names = list(manifest.schema.names)
         for spec in manifest.schema.fields:
@@ -661,6 +691,8 @@ class Writer:
             If the disk fills up (the store keeps its last commit; resume later).
         """
         self._check_open()
+        if self._pending is not None and self._pending[0].done():
+            self._wait_for_commit()  # surface a failed background commit at once
         index = self._batch_index
         b = split_batch(batch, names=self.names, batched=self.batched, batch_index=index)
         if self._schema is None:
@@ -693,51 +725,96 @@ class Writer:
         if self._since_commit >= self.commit_every_bytes or (
             time.monotonic() - self._last_commit >= self.commit_every_seconds
         ):
-            self.commit()
+            self.commit(wait=False)
 
     def extend(self, batches: Iterable[Any]) -> None:
         """Append every batch of ``batches``."""
         for batch in batches:
             self.append(batch)
 
-    def _manifest(self, complete: bool = False) -> Manifest:
+    def _live_arrays(self) -> list[_StagedArray]:
+        return [a for fw in self._fields.values() for a in fw.arrays.values()]
+
+    def _snapshot(self, complete: bool = False) -> tuple[dict[str, int], Manifest, set[str]]:
+        """Write staged rows and close the checksum spans; return what a commit declares.
+
+        Returns the rows of each array, the manifest that declares them, and the obsolete
+        arrays this manifest no longer names (deleted once it is durable).
+        """
         assert self._schema is not None
-        layouts = {name: fw.layout for name, fw in self._fields.items()}
-        arrays = {a.name: a.spec() for fw in self._fields.values() for a in fw.arrays.values()}
-        return Manifest(
+        arrays = self._live_arrays()
+        for a in arrays:
+            a.flush()
+            span = a.hasher.take(a.rows)
+            if span is not None:
+                self.checksums.setdefault(a.name, []).append(span)
+        lengths = {a.name: a.rows for a in arrays}
+        live = set(lengths)
+        checksums = {k: list(v) for k, v in self.checksums.items() if k in live}
+        manifest = Manifest(
             backend=self.backend_name,
             schema=Schema(tuple(fw.spec for fw in self._fields.values())),
             length=self.length,
             complete=complete,
-            layouts=layouts,
-            arrays=arrays,
+            layouts={name: fw.layout for name, fw in self._fields.items()},
+            arrays={a.name: a.spec() for a in arrays},
             attrs=self.attrs,
+            extra={"checksums": {"algorithm": ALGORITHM, "spans": checksums}},
         )
+        return lengths, manifest, self.obsolete - live
 
-    def commit(self) -> None:
-        """Make every appended sample durable, then declare it in the manifest."""
+    def _persist(self, lengths: dict[str, int], manifest: Manifest) -> None:
+        """Data durable first, then the manifest that declares it (the commit point)."""
+        self.backend.sync(lengths)
+        self.backend.write_manifest(manifest)
+
+    def commit(self, *, wait: bool = True) -> None:
+        """Make every appended sample durable, then declare it in the manifest.
+
+        With ``wait=False`` (periodic commits) the fsyncs run in a background thread where
+        the backend allows it, while appending goes on; at most one commit is in flight.
+        """
         self._check_open()
         if self._schema is None:
             return
+        self._wait_for_commit()
         try:
-            arrays = [a for fw in self._fields.values() for a in fw.arrays.values()]
-            for a in arrays:
-                a.flush()
-            self.backend.sync({a.name: a.rows for a in arrays})
-            self.backend.write_manifest(self._manifest())
+            lengths, manifest, drop = self._snapshot()
         except BaseException:
             self._broken = True
             raise
-        self._drop_obsolete()
-        self.committed = self.length
         self._since_commit = 0
         self._last_commit = time.monotonic()
+        if not wait and self._committer is not None:
+            future = self._committer.submit(self._persist, lengths, manifest)
+            self._pending = (future, manifest.length, drop)
+            return
+        try:
+            self._persist(lengths, manifest)
+        except BaseException:
+            self._broken = True
+            raise
+        self._committed_as(manifest.length, drop)
 
-    def _drop_obsolete(self) -> None:
-        live = {a for fw in self._fields.values() for a in fw.arrays}
-        for name in sorted(self.obsolete - live):
+    def _wait_for_commit(self) -> None:
+        """Wait for the commit in flight; its failure breaks the writer (and is raised)."""
+        if self._pending is None:
+            return
+        future, length, drop = self._pending
+        self._pending = None
+        try:
+            future.result()
+        except BaseException:
+            self._broken = True
+            raise
+        self._committed_as(length, drop)
+
+    def _committed_as(self, length: int, drop: set[str]) -> None:
+        self.committed = length
+        for name in sorted(drop):
             self.backend.delete_array(name)
-        self.obsolete &= live
+            self.checksums.pop(name, None)
+        self.obsolete -= drop
 
     def close(self) -> None:
         """Commit, lay out ragged fields, trim files to the exact length, mark the store complete.
@@ -760,17 +837,14 @@ class Writer:
                 )
                 raise EmptySourceError(msg)
             try:
+                self._wait_for_commit()
                 for fw in self._fields.values():
                     fw.finish()
-                arrays = [a for fw in self._fields.values() for a in fw.arrays.values()]
-                for a in arrays:
-                    a.flush()
-                lengths = {a.name: a.rows for a in arrays}
+                lengths, manifest, drop = self._snapshot(complete=True)
                 self.backend.sync(lengths)
                 self.backend.finalize(lengths)
-                self.backend.write_manifest(self._manifest(complete=True))
-                self._drop_obsolete()
-                self.committed = self.length
+                self.backend.write_manifest(manifest)
+                self._committed_as(manifest.length, drop)
             except BaseException:
                 self._broken = True
                 raise
@@ -796,6 +870,13 @@ class Writer:
 
     def _release(self) -> None:
         self._closed = True
+        if self._committer is not None:
+            if self._pending is not None:
+                # A commit still in flight after a failure: let it finish before closing files.
+                with contextlib.suppress(BaseException):
+                    self._pending[0].result()
+                self._pending = None
+            self._committer.shutdown(wait=True)
         if self._progress is not None:
             self._progress.close()
         self.backend.close()

@@ -150,3 +150,20 @@ def test_resume_of_complete_padded_store_with_bigger_sample(store_path: Path) ->
     oocstore.write(batches(samples[:3], 2), store_path, names=("x", "y")).close()
     store = oocstore.write(batches(samples, 2), store_path, names=("x", "y"), resume=True)
     check_store(store, samples, 0)
+
+
+def test_packed_to_padded_store_in_one_pass(tmp_path: Path) -> None:
+    samples = make_samples([(2, 3), (4, 1), (3, 3), (1, 1)])
+    packed = oocstore.write(
+        batches(samples, 3), tmp_path / "p.ooc", names=("x", "y"), ragged="pack"
+    )["x"]
+    padded = packed.to_padded(tmp_path / "padded.ooc", fill=-1, name="x")
+    assert padded["x"].shape == (4, 4, 3)
+    assert padded.layout("x") == "padded"
+    for i, s in enumerate(samples):
+        assert np.array_equal(padded.sample("x", i), s)
+    assert (padded["x"][1][:, 1:] == -1).all()
+    in_memory = packed.to_padded(max_shape=(5, 5))
+    assert in_memory.shape == (4, 5, 5)
+    with pytest.raises(ValueError, match="smaller than the largest sample"):
+        packed.to_padded(max_shape=(2, 2))

@@ -265,3 +265,63 @@ def test_progress_shows_rate_bytes_and_free_disk(store_path: Path, capsys) -> No
     assert "samples" in err
     assert "written" in err
     assert "free" in err
+
+
+def test_verify_finds_a_flipped_byte(tmp_path: Path) -> None:
+    path = tmp_path / "s.ooc"
+    x = np.arange(4000, dtype=np.int32).reshape(1000, 4)
+    with oocstore.Writer(path, names=("x",), commit_bytes=4096) as w:
+        for i in range(0, 1000, 100):
+            w.append(x[i : i + 100])
+    store = oocstore.open(path)
+    assert store.verify() == []
+    store.close()
+    with open(path / "x.npy", "r+b") as f:
+        f.seek(4096 + 16 * 555 + 3)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x40]))
+    damage = oocstore.open(path).verify()
+    assert len(damage) == 1
+    assert damage[0].field == "x"
+    assert damage[0].start <= 555 < damage[0].stop
+    assert "rows" in str(damage[0])
+
+
+def test_verify_ragged_and_resumed_stores(tmp_path: Path) -> None:
+    path = tmp_path / "s.ooc"
+    samples = [np.full((i % 5 + 1, 2), i, np.int16) for i in range(50)]
+    with pytest.raises(RuntimeError, match="boom"):
+        interrupted_write(path, [(samples[:20],)], names=("x",))
+    oocstore.write(
+        ([samples[i : i + 10]] for i in range(0, 50, 10)), path, names=("x",), resume=True
+    )
+    store = oocstore.open(path)
+    assert store.layout("x") == "padded"
+    assert store.verify() == []
+
+
+@pytest.mark.parametrize("layout", ["pad", "pack", "dense"])
+def test_convert_keeps_fields_layouts_and_attrs(tmp_path: Path, layout: str) -> None:
+    if layout == "dense":
+        samples = [np.full((3, 2), i, np.int16) for i in range(30)]
+    else:
+        samples = [np.full((i % 4 + 1, 2), i, np.int16) for i in range(30)]
+    src = oocstore.write(
+        ([samples[i : i + 7], np.arange(i, min(i + 7, 30))] for i in range(0, 30, 7)),
+        tmp_path / "a.ooc",
+        names=("x", "y"),
+        ragged="pack" if layout == "pack" else "pad",
+        fill=-1,
+        attrs={"classes": ["a", "b"]},
+    )
+    dst = oocstore.convert(src, tmp_path / "b.ooc")
+    assert dst.fields == src.fields
+    assert dst.attrs == {"classes": ["a", "b"]}
+    assert dst.layout("x") == src.layout("x")
+    for i in range(30):
+        assert same(dst.sample("x", i), samples[i])
+    assert same(dst["y"][:], src["y"][:])
+    if layout == "pad":
+        assert same(np.asarray(dst["x"]), np.asarray(src["x"]))
+    assert dst.verify() == []

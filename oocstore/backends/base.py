@@ -52,6 +52,8 @@ class Backend(ABC):
     """Does the reader get ``np.memmap`` views (True) or lazy arrays that copy (False)?"""
     suffixes: ClassVar[tuple[str, ...]]
     """Path suffixes that select this backend when none is named."""
+    background_sync: ClassVar[bool] = False
+    """May ``sync`` and ``write_manifest`` run in a thread while ``write`` goes on?"""
 
     def __init__(self, root: Path, options: BackendOptions | None = None) -> None:
         self.root = root

@@ -55,6 +55,8 @@ class NpyBackend(Backend):
     name: ClassVar[str] = "npy"
     zero_copy: ClassVar[bool] = True
     suffixes: ClassVar[tuple[str, ...]] = ()
+    # fdatasync and pwrite on separate files and ranges are safe to overlap.
+    background_sync: ClassVar[bool] = True
 
     def __init__(self, root: Path, options: BackendOptions | None = None) -> None:
         super().__init__(root, options)
