@@ -13,10 +13,14 @@ from pathlib import Path
 
 import psutil
 
+from .errors import DiskFullError
+
 __all__ = [
     "MemoryLike",
     "available_memory",
     "cgroup_memory_limit",
+    "auto_batch_size",
+    "check_disk_space",
     "commit_bytes",
     "grow_capacity",
     "memory_budget",
@@ -152,6 +156,33 @@ def stage_rows(sample_nbytes: int, budget: int, chunk_rows: int = 1) -> int:
 def layout_rows(row_nbytes: int, budget: int) -> int:
     """Samples per block when laying a packed field out padded: ~32 MB, within budget."""
     return int(max(min(32 * 2**20, budget // 8) // max(row_nbytes, 1), 1))
+
+
+def auto_batch_size(sample_nbytes: int, budget: int, *, at_most: int = 65_536) -> int:
+    """A batch size for reading: a batch takes about an eighth of the budget, 1..at_most."""
+    size = max(budget // 8 // max(sample_nbytes, 1), 1)
+    size = min(size, at_most)
+    log.debug("auto batch size %d for %d-byte samples within %d bytes", size, sample_nbytes,
+              budget)
+    return int(size)
+
+
+def check_disk_space(path: Path, needed: int) -> None:
+    """Fail at once, naming the bytes needed and free, when a write of known size cannot fit.
+
+    Raises
+    ------
+    DiskFullError
+        If the filesystem holding ``path`` has less than ``needed`` bytes free.
+    """
+    probe = path if path.exists() else path.parent
+    try:
+        free = psutil.disk_usage(str(probe)).free
+    except OSError:
+        return
+    log.debug("%d bytes needed, %d free at %s", needed, free, probe)
+    if needed > free:
+        raise DiskFullError(str(path), needed=needed, free=free)
 
 
 def commit_bytes(budget: int) -> int:

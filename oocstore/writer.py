@@ -621,6 +621,8 @@ class Writer:
             # A first guess only: shrunk to nothing if the disk cannot hold it (_new_array).
             capacity = max(n * 4, _INITIAL_BYTES // max(schema.sample_nbytes, 1), 1)
             self._guessed_capacity = True
+        if not self._guessed_capacity:
+            sizing.check_disk_space(self.path, capacity * schema.sample_nbytes)
         try:
             self._create_fields(schema, batch, capacity)
         except BaseException:
