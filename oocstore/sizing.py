@@ -185,8 +185,16 @@ def check_disk_space(path: Path, needed: int) -> None:
         raise DiskFullError(str(path), needed=needed, free=free)
 
 
-def commit_bytes(budget: int) -> int:
-    """Bytes written between periodic commits: large enough that fsync costs little."""
+def commit_bytes(budget: int, *, background: bool = False) -> int:
+    """Bytes written between periodic commits.
+
+    A commit that blocks the writer should be rare (256 MB - 1 GB, so fsync costs little per
+    byte). A commit made in the background should be frequent (64 MB): the disk then writes
+    while the source produces, and closing waits only for the last few MB instead of for
+    everything still in the page cache.
+    """
+    if background:
+        return int(min(64 * 2**20, max(budget // 4, 8 * 2**20)))
     return int(min(max(budget, 256 * 2**20), 1 * 2**30))
 
 

@@ -187,6 +187,8 @@ class _FieldWriter:
 
     def append(self, value: FieldValue) -> int:
         """Append one batch of this field; return the bytes appended."""
+        if len(value) == 0:
+            return 0  # an empty batch says nothing about shapes: no layout change
         kind = self.layout.kind
         uniform = isinstance(value, np.ndarray) and value.shape[1:] == self.spec.shape
         if kind == "dense":
@@ -448,7 +450,6 @@ class Writer:
         self.max_shape = _as_max_shapes(max_shape)
         self.casting: Casting = casting
         self.budget = sizing.memory_budget(memory)
-        self.commit_every_bytes = commit_bytes or sizing.commit_bytes(self.budget)
         self.commit_every_seconds = commit_seconds
         self.attrs = dict(attrs or {})
         self.obsolete: set[str] = set()  # arrays to delete once a manifest no longer names them
@@ -495,6 +496,9 @@ class Writer:
             ThreadPoolExecutor(1, thread_name_prefix="oocstore-commit")
             if cls.background_sync
             else None
+        )
+        self.commit_every_bytes = commit_bytes or sizing.commit_bytes(
+            self.budget, background=cls.background_sync
         )
 
         if existing_backend is not None and resume:

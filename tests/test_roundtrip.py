@@ -196,7 +196,7 @@ def test_store_close_releases_files(store_path: Path) -> None:
         _ = store["0"][3]
     assert store.keys() == ("0",)
     oocstore.write([np.ones((3, 4))], store_path, overwrite=True)
-    assert oocstore.open(store_path)["0"].sum() == 12
+    assert np.asarray(oocstore.open(store_path)["0"]).sum() == 12
 
 
 def test_iter_batches_checks_its_argument(store_path: Path) -> None:
