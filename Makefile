@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# The CPU build of PyTorch for this machine's Python; its adapters are tested for real.
+# CPU builds of the frameworks whose adapters are tested for real (a failed install: skipped).
+# TensorFlow 2.21 pins h5py<3.15; 2.20 keeps the h5py the HDF5 backend is tested with.
 TORCH  ?= torch==2.13.0
+TF     ?= tensorflow-cpu==2.20.0
+JAX    ?= jax==0.10.2
 
 .PHONY: demo test lint typecheck bench clean
 
@@ -16,6 +19,8 @@ $(VENV)/.installed-core: pyproject.toml
 $(VENV)/.installed-dev: $(VENV)/.installed-core
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m pip install -q '$(TORCH)' || echo "warning: $(TORCH) could not be installed; its tests will be skipped"
+	$(BIN)/python -m pip install -q '$(TF)' || echo "warning: $(TF) could not be installed; its tests will be skipped"
+	$(BIN)/python -m pip install -q '$(JAX)' || echo "warning: $(JAX) could not be installed; its tests will be skipped"
 	touch $@
 
 demo: $(VENV)/.installed-core

@@ -14,18 +14,27 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
 from .backends import backend_class, detect_backend
 from .backends.base import ArrayReader
 from .checksum import ALGORITHM, hash_rows
+from .errors import CorruptStoreError
 from .manifest import Manifest
 from .ragged import fits, max_shape_of, region
 from .schema import Schema
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .sinks import Batches
+    from .sinks.torch import StoreDataset
+
 __all__ = ["Damage", "PackedArray", "Store", "open"]
+
+_OPEN_ATTEMPTS = 8  # a commit that deletes files is rare (a layout change): a few suffice
 
 
 @dataclass(frozen=True)
@@ -152,8 +161,26 @@ class Store:
         self.path = Path(path)
         self.backend = detect_backend(self.path)
         self._cls = backend_class(self.backend)
-        self._manifest: Manifest = self._cls.read_manifest(self.path)
-        self._arrays: dict[str, ArrayReader] = self._cls.open_arrays(self.path, self._manifest)
+        self._manifest: Manifest
+        self._arrays: dict[str, ArrayReader]
+        self._manifest, self._arrays = self._open_arrays(self._cls.read_manifest(self.path))
+
+    def _open_arrays(self, manifest: Manifest) -> tuple[Manifest, dict[str, ArrayReader]]:
+        """Open ``manifest``'s arrays; if a writer commits meanwhile, open the newer commit.
+
+        A commit may delete an array the previous manifest named (a field changing layout),
+        so a missing or changed file under a manifest that has since been replaced is no
+        corruption: the newer manifest is opened instead.
+        """
+        for _ in range(_OPEN_ATTEMPTS - 1):
+            try:
+                return manifest, self._cls.open_arrays(self.path, manifest)
+            except CorruptStoreError:
+                latest = self._cls.read_manifest(self.path)
+                if latest.to_json() == manifest.to_json():
+                    raise
+                manifest = latest
+        return manifest, self._cls.open_arrays(self.path, manifest)
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -331,6 +358,60 @@ class Store:
                     problems.append(Damage(field, name, start, stop, msg))
         return problems
 
+    # -- into training (oocstore/sinks/: frameworks imported only when asked for) ------------
+
+    def to_torch(
+        self,
+        fields: Sequence[str] | None = None,
+        transform: Callable[[tuple[Any, ...]], Any] | None = None,
+    ) -> StoreDataset:
+        """A map-style ``torch.utils.data.Dataset``: ``[i]`` is a tuple of tensors, one per field.
+
+        Memory-mapped fields give zero-copy tensors (copy-on-write maps: writing to one never
+        reaches the file); the dataset pickles small, so DataLoader workers open the store
+        themselves. See :mod:`oocstore.sinks.torch`.
+        """
+        from .sinks.torch import StoreDataset
+
+        return StoreDataset(self, fields=fields, transform=transform)
+
+    def to_tf(
+        self,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        *,
+        seed: int | None = None,
+        drop_last: bool = False,
+        fields: Sequence[str] | None = None,
+    ) -> Any:
+        """A ``tf.data.Dataset`` of field tuples with exact ``element_spec`` and ``cardinality``.
+
+        See :func:`oocstore.sinks.tensorflow.to_tf`.
+        """
+        from .sinks.tensorflow import to_tf
+
+        return to_tf(self, batch_size, shuffle, seed=seed, drop_last=drop_last, fields=fields)
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int | None = None,
+        drop_last: bool = False,
+        fields: Sequence[str] | None = None,
+    ) -> Batches:
+        """A re-iterable of NumPy batch tuples (``len()`` batches; each ``iter()`` an epoch).
+
+        Shuffling reads contiguous blocks, shuffled in windows, so it never turns into one
+        random read per sample; with Keras imported the result is a ``keras.utils.PyDataset``
+        that ``Model.fit`` accepts. See :class:`oocstore.sinks.Batches`.
+        """
+        from .sinks import batches
+
+        return batches(
+            self, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, fields=fields
+        )
+
     # -- life cycle --------------------------------------------------------------------------
 
     def refresh(self) -> bool:
@@ -343,8 +424,7 @@ class Store:
             return False
         if manifest.to_json() == self._manifest.to_json():
             return False
-        arrays = self._cls.open_arrays(self.path, manifest)
-        self._manifest, self._arrays = manifest, arrays
+        self._manifest, self._arrays = self._open_arrays(manifest)
         return True
 
     def close(self) -> None:

@@ -1,23 +1,44 @@
 """Sources: turn whatever the user holds into a stream of batches and, if known, its length.
 
 Framework adapters live in their own modules and are imported only when a source of theirs
-is seen (by the module of its type), so ``import oocstore`` imports no framework.
+is seen (by the modules of its type's classes), so ``import oocstore`` imports no framework:
+
+* :mod:`.torch`: ``DataLoader``, ``Dataset``, ``IterableDataset``, ``TensorDataset``;
+* :mod:`.tensorflow`: ``tf.data.Dataset``, ``tf.RaggedTensor`` (``tf.SparseTensor`` refused);
+* :mod:`.keras`: ``keras.utils.PyDataset`` / ``Sequence`` (Keras 3, or tf_keras).
+
+A list of framework tensors (torch, TensorFlow, JAX) holds one sample per entry and is
+preallocated from its length; a list of NumPy arrays stays a list of batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import importlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..coerce import is_array_like
+from ._structure import block_size, group_samples
 
-__all__ = ["Stream", "as_stream", "array_blocks"]
+__all__ = ["Stream", "array_blocks", "as_stream", "sample_sequence"]
 
 BLOCK_BYTES = 64 * 2**20
 """Rows of an in-memory or memory-mapped array are copied in blocks of about this size."""
+
+MAX_BUNDLE_FIELDS = 64
+"""A tuple of more tensors than this is a sequence of samples, never a bundle of fields."""
+
+# The adapter module for the top-level package a source's classes come from.
+_ADAPTERS = {
+    "torch": "torch",
+    "tensorflow": "tensorflow",
+    "keras": "keras",
+    "tf_keras": "keras",
+}
+_TENSOR_ROOTS = frozenset({"torch", "tensorflow", "jax", "jaxlib"})
 
 
 @dataclass
@@ -36,6 +57,55 @@ class Stream:
 
 def _rows(value: Any) -> int:
     return int(value.shape[0]) if hasattr(value, "shape") else len(value)
+
+
+def _row_nbytes(array: Any, rows: int) -> int:
+    """Bytes of one row of a NumPy array or a tensor (torch, JAX: ``nbytes``; TF: dtype size)."""
+    if isinstance(array, np.ndarray):
+        return int(np.prod(array.shape[1:], dtype=np.int64) * array.dtype.itemsize)
+    nbytes = getattr(array, "nbytes", None)
+    if isinstance(nbytes, int | np.integer) and rows:
+        return int(nbytes) // rows
+    itemsize = getattr(getattr(array, "dtype", None), "size", None)  # tf.DType.size
+    if isinstance(itemsize, int) and hasattr(array, "shape"):
+        return int(np.prod([int(d) for d in array.shape[1:]], dtype=np.int64)) * itemsize
+    return 64
+
+
+def _root(obj: Any) -> str:
+    return type(obj).__module__.split(".", 1)[0]
+
+
+def _framework_of(source: Any) -> str | None:
+    """The adapter for ``source``, from the modules of its classes (subclasses included)."""
+    for cls in type(source).__mro__:
+        adapter = _ADAPTERS.get(cls.__module__.split(".", 1)[0])
+        if adapter is not None:
+            return adapter
+    return None
+
+
+def _is_tensor_sequence(source: Any) -> bool:
+    """A list (or a long or uneven tuple) whose entries are all framework tensors: samples."""
+    if not isinstance(source, list | tuple) or not source:
+        return False
+    if not all(_root(v) in _TENSOR_ROOTS and hasattr(v, "shape") for v in source):
+        return False
+    if isinstance(source, tuple):  # (X, y) is a bundle of fields, as a tuple of arrays is
+        return len(source) > MAX_BUNDLE_FIELDS or not _is_array_bundle(source)
+    return True
+
+
+def sample_sequence(samples: Sequence[Any]) -> Stream:
+    """A sequence of samples (one tensor each), grouped into batches; its length is exact."""
+    n = len(samples)
+
+    def gen() -> Iterator[Any]:
+        step = block_size(samples[0])
+        for start in range(0, n, step):
+            yield group_samples(samples[start : start + step], first_index=start)
+
+    return Stream(batches=gen(), batched=True, length=n)
 
 
 def _is_array_bundle(source: Any) -> bool:
@@ -67,12 +137,7 @@ def array_blocks(source: Any, block_bytes: int = BLOCK_BYTES) -> Stream:
         else (list(source) if isinstance(source, tuple) else [source])
     )
     n = _rows(parts[0])
-    row_bytes = sum(
-        int(np.prod(p.shape[1:], dtype=np.int64)) * np.dtype(getattr(p, "dtype", "u1")).itemsize
-        if isinstance(p, np.ndarray)
-        else 64
-        for p in parts
-    )
+    row_bytes = sum(_row_nbytes(p, n) for p in parts)
     step = max(block_bytes // max(row_bytes, 1), 1)
 
     def gen() -> Iterator[Any]:
@@ -91,9 +156,31 @@ def as_stream(source: Any, *, batched: bool = True) -> Stream:
     """Wrap ``source`` as a :class:`Stream`, learning its length where the source tells.
 
     An array or a tuple/dict of equally long arrays is the whole dataset: it is sliced into
-    blocks. Anything else is iterated; ``len()`` gives the number of samples when
-    ``batched=False`` and the number of batches otherwise.
+    blocks. A list of framework tensors holds one sample per entry. Framework objects
+    (DataLoader, Dataset, tf.data, Keras PyDataset) go to their adapter, which knows whether
+    they hold batches or samples; ``batched=False`` makes a ``tf.data`` dataset or a
+    ``DataLoader(batch_size=None)`` be read one sample per element. Anything else is iterated;
+    ``len()`` gives the number of samples when ``batched=False`` and of batches otherwise.
+
+    Raises
+    ------
+    TypeError
+        If ``source`` cannot be iterated (or is a ``tf.SparseTensor``).
+    ValueError
+        If ``source`` never ends (an infinite ``tf.data`` dataset or Keras ``PyDataset``).
     """
+    if _is_tensor_sequence(source):
+        if _root(source[0]) == "torch":
+            from .torch import tensor_samples
+
+            return tensor_samples(source)
+        return sample_sequence(source)
+    adapter = _framework_of(source)
+    if adapter is not None:
+        module = importlib.import_module(f"{__name__}.{adapter}")
+        stream: Stream | None = module.stream(source, batched)
+        if stream is not None:
+            return stream
     if batched and _is_array_bundle(source):
         return array_blocks(source)
     if not isinstance(source, Iterable) and not hasattr(source, "__getitem__"):
