@@ -397,6 +397,10 @@ class Writer:
         Per field (a dict), the padded shape to preallocate when it is known up front.
     casting
         How far a later batch may be cast to the schema's dtype (NumPy casting rules).
+    chunks, compressors, shards
+        Chunked backends (Zarr, HDF5): rows per chunk (an int, or a dict per field), the
+        compressors (Zarr's meaning: None is uncompressed), and rows per shard (Zarr; True
+        picks ~128 MiB shards) for datasets that would otherwise make millions of chunk files.
     commit_bytes, commit_seconds
         Commit after this many bytes or seconds since the last commit.
     attrs
@@ -428,6 +432,7 @@ class Writer:
         casting: Casting = "safe",
         chunks: Mapping[str, int] | int | None = None,
         compressors: Any = None,
+        shards: Mapping[str, int] | int | bool | None = None,
         commit_bytes: int | None = None,
         commit_seconds: float = 30.0,
         attrs: Mapping[str, Any] | None = None,
@@ -489,6 +494,9 @@ class Writer:
             BackendOptions(
                 chunks=dict(chunks) if isinstance(chunks, Mapping) else chunks,
                 compressors=compressors,
+                extra={"shards": dict(shards) if isinstance(shards, Mapping) else shards}
+                if shards is not None
+                else {},
             ),
         )
         self._lock = StoreLock(cls.lock_path(self.path), self.path)
@@ -956,6 +964,7 @@ def write(
     casting: Casting = "safe",
     chunks: Mapping[str, int] | int | None = None,
     compressors: Any = None,
+    shards: Mapping[str, int] | int | bool | None = None,
     commit_bytes: int | None = None,
     commit_seconds: float = 30.0,
     attrs: Mapping[str, Any] | None = None,
@@ -1000,6 +1009,7 @@ def write(
         casting=casting,
         chunks=chunks,
         compressors=compressors,
+        shards=shards,
         commit_bytes=commit_bytes,
         commit_seconds=commit_seconds,
         attrs=attrs,
