@@ -16,6 +16,10 @@ from .errors import (
     DtypeError,
     EmptySourceError,
     FieldNameError,
+    ImageDecodeError,
+    ImageFolderNotFoundError,
+    ImageModeError,
+    IngestError,
     OocstoreError,
     RaggedError,
     SchemaError,
@@ -26,8 +30,10 @@ from .errors import (
     UnsupportedDtypeError,
     WriterClosedError,
 )
+from .ingest import ingest_images
 from .reader import Damage, PackedArray, Store, open
 from .schema import FieldSpec, Schema
+from .sources._zip import zip_streams
 from .writer import Writer, write
 
 __version__ = "0.1.0"
@@ -42,6 +48,10 @@ __all__ = [
     "EmptySourceError",
     "FieldNameError",
     "FieldSpec",
+    "ImageDecodeError",
+    "ImageFolderNotFoundError",
+    "ImageModeError",
+    "IngestError",
     "OocstoreError",
     "PackedArray",
     "RaggedError",
@@ -57,6 +67,8 @@ __all__ = [
     "WriterClosedError",
     "__version__",
     "convert",
+    "ingest_images",
     "open",
     "write",
+    "zip_streams",
 ]

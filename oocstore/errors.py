@@ -16,6 +16,10 @@ __all__ = [
     "DtypeError",
     "EmptySourceError",
     "FieldNameError",
+    "ImageDecodeError",
+    "ImageFolderNotFoundError",
+    "ImageModeError",
+    "IngestError",
     "OocstoreError",
     "RaggedError",
     "SchemaError",
@@ -150,3 +154,44 @@ class DiskFullError(OocstoreError, OSError):
 
 class WriterClosedError(OocstoreError, ValueError):
     """An operation on a Writer that is already closed."""
+
+
+class IngestError(OocstoreError, ValueError):
+    """An image folder cannot be ingested as asked (labels, options, or a resume that won't fit)."""
+
+
+class ImageFolderNotFoundError(OocstoreError, FileNotFoundError):
+    """The folder given to ``ingest_images`` does not exist or is not a directory."""
+
+
+class ImageDecodeError(IngestError):
+    """An image could not be read or decoded (with ``on_error="fail"``).
+
+    ``path`` is the file's path relative to the image folder; ``reason`` says what Pillow found.
+    """
+
+    def __init__(self, path: str, reason: str, *, hint: str = "") -> None:
+        self.path = path
+        self.reason = reason
+        msg = f"cannot decode image {path!r}: {reason}"
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg)
+
+
+class ImageModeError(IngestError):
+    """With ``mode="keep"``, images whose channels differ cannot share one ``images`` field.
+
+    ``first``/``first_mode`` and ``other``/``other_mode`` name two files that disagree.
+    """
+
+    def __init__(self, first: str, first_mode: str, other: str, other_mode: str) -> None:
+        self.first = first
+        self.first_mode = first_mode
+        self.other = other
+        self.other_mode = other_mode
+        super().__init__(
+            f"mode='keep' needs every image to decode to the same channels, but {first!r} is "
+            f"{first_mode} and {other!r} is {other_mode}; pass mode='RGB' or mode='L' to "
+            "convert every image to one mode"
+        )
