@@ -82,6 +82,10 @@ class _StagedArray:
         self.capacity = capacity
         self.chunk_rows = max(backend.chunk_rows(name), 1)
         self.stage_rows = sizing.stage_rows(self.row_nbytes, budget, self.chunk_rows)
+        # Runs this long skip the stage: a copy would cost more than the extra syscall.
+        self.direct_rows = min(
+            self.stage_rows, max(self.chunk_rows, sizing.direct_write_rows(self.row_nbytes))
+        )
         self.stage_start = rows  # first row held by the stage (rows before it are written)
         self.fill = 0  # rows in the stage
         self._buf: np.ndarray | None = None
@@ -119,14 +123,21 @@ class _StagedArray:
         if n == 0:
             return
         self._ensure(self.rows + n)
-        self.hasher.update(values)
+        self.hasher.update(values)  # in a helper thread while this thread writes
+        try:
+            self._append(values)
+        finally:
+            self.hasher.wait()  # the caller may reuse its batch once append returns
+
+    def _append(self, values: np.ndarray) -> None:
+        n = len(values)
         pos = 0
         while pos < n:
             left = n - pos
             if (
                 self.fill == 0
                 and self.stage_start % self.chunk_rows == 0
-                and (left >= self.stage_rows)
+                and left >= self.direct_rows
             ):
                 k = (left // self.chunk_rows) * self.chunk_rows
                 self.backend.write(self.name, self.stage_start, values[pos : pos + k])
@@ -494,9 +505,15 @@ class Writer:
             BackendOptions(
                 chunks=dict(chunks) if isinstance(chunks, Mapping) else chunks,
                 compressors=compressors,
-                extra={"shards": dict(shards) if isinstance(shards, Mapping) else shards}
-                if shards is not None
-                else {},
+                extra={
+                    # HDF5 lays out arrays of exactly the declared length contiguous.
+                    "length": self.length_expected,
+                    **(
+                        {"shards": dict(shards) if isinstance(shards, Mapping) else shards}
+                        if shards is not None
+                        else {}
+                    ),
+                },
             ),
         )
         self._lock = StoreLock(cls.lock_path(self.path), self.path)
