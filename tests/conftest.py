@@ -21,7 +21,7 @@ settings.register_profile("dev", max_examples=10, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # Every backend the store works on; tests that take the `backend` fixture run on each.
-BACKENDS = ["npy", "zarr"]
+BACKENDS = ["npy", "zarr", "hdf5"]
 SUFFIX = {"npy": ".ooc", "zarr": ".zarr", "hdf5": ".h5"}
 
 
