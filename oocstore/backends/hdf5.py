@@ -1,0 +1,1572 @@
+"""The HDF5 backend: one ``.h5`` file, one dataset per array, commits that survive SIGKILL.
+
+The file
+--------
+``train.h5`` is an ordinary HDF5 file in the format HDF5 1.10 reads (h5py, ``h5dump``,
+``h5ls``, MATLAB...): one dataset per physical array at the root, named by the array
+(``images``, ``labels``; for ragged fields also ``x.shapes``, ``x.values``, ``x.offsets``),
+uncompressed, and oocstore's manifest as the root attribute ``oocstore`` (JSON text). Dtypes
+HDF5 has no type for (datetime64, timedelta64, unicode ``U``) are stored the way h5py does it,
+as opaque data tagged with the NumPy dtype: plain h5py reads them back exactly, ``h5dump``
+shows their bytes. The file starts with a 1 MiB HDF5 *userblock* (a region HDF5 reserves for
+applications and skips) that holds oocstore's commit record.
+
+When the length is declared (``length=``), each array is one contiguous dataset allocated up
+front (``posix_fallocate``, so a full disk fails at creation); otherwise arrays are chunked and
+resizable (``maxshape=(None, ...)``, about 4 MiB of whole samples per chunk, ``chunks=`` to
+choose), and grow in steps as rows arrive.
+
+Crash safety
+------------
+HDF5 rewrites its metadata (object headers, chunk indexes, superblock) in place, without a
+journal; a process killed while HDF5 writes metadata can leave a file HDF5 cannot open, and
+files written with ``libver="latest"`` (SWMR too) refuse to open after a kill until
+``h5clear`` resets their status flags. So oocstore never depends on HDF5 metadata to find
+committed rows:
+
+* samples are written by oocstore itself with ``pwrite``, at file offsets HDF5 reports, into
+  space HDF5 allocated up front (contiguous datasets, or chunks allocated early, no filters):
+  appending never changes HDF5 metadata;
+* HDF5 metadata changes only when an array is created, grown or dropped, and is flushed then;
+* a commit ``fdatasync``\\ s the data, then writes the manifest -- with each array's *extents*
+  (row ranges and their file offsets) -- into one of two checksummed slots of the userblock
+  and ``fdatasync``\\ s again. That slot write is the commit point; the other slot keeps the
+  previous commit, so a torn slot write falls back to it;
+* readers take the newest valid slot and map committed rows straight from their offsets, with
+  no HDF5 call: torn HDF5 metadata never hides committed rows, and readers in other processes
+  never wait for the writer's HDF5 file lock;
+* a writer that resumes checks HDF5's metadata against the record and, if a kill left them
+  apart, rebuilds the file from the record (a new file renamed over the old one).
+
+Readers
+-------
+An array whose committed rows lie in one extent (every contiguous dataset, and a chunked one
+whose chunks happen to be adjacent) is a read-only ``np.memmap``; others are lazy
+:class:`ExtentArray` objects that slice to NumPy. ``zero_copy`` is therefore False for the
+class: check ``isinstance(store[name], np.memmap)`` per field. Space a commit declared is
+never freed or reused while the writer runs (dropped arrays are parked in the group
+``.oocstore-dropped``), so views of older commits stay valid and the file never shrinks under
+them; ``close()`` compacts a file that has dropped arrays or over-allocated contiguous ones by
+writing a new file and renaming it over the old one (readers of the old one keep it).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import logging
+import math
+import os
+import stat
+import struct
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import h5py
+import numpy as np
+
+from .._durable import fsync_dir, fsync_fd, open_nofollow, preallocate, pwrite_all
+from ..errors import CorruptStoreError, DiskFullError, SchemaError, UnsupportedDtypeError
+from ..manifest import ArraySpec, Manifest
+from ._lazy import LazyArray
+from .base import ArrayReader, Backend, BackendOptions
+
+__all__ = ["ATTRIBUTE", "DROPPED_GROUP", "ExtentArray", "Hdf5Backend", "USERBLOCK_BYTES"]
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTE = "oocstore"
+"""Root attribute holding the manifest as JSON text (a mirror of the commit record)."""
+DROPPED_GROUP = ".oocstore-dropped"
+"""Where arrays a newer commit dropped wait until ``close()`` compacts the file."""
+USERBLOCK_BYTES = 2**20
+"""Default userblock size: a 4 KiB header and two slots of ~510 KiB for the manifest."""
+LIBVER = ("earliest", "v110")
+"""File format bounds: what HDF5 1.10 tools (Debian's h5dump 1.10.8) read."""
+TARGET_CHUNK_BYTES = 4 * 2**20
+"""Chunk size aimed at when the length is not declared (whole samples per chunk)."""
+MIN_CHUNK_BYTES = 64 * 2**10
+MAX_CHUNK_BYTES = 2**32 - 2**20  # HDF5 chunks must stay below 4 GiB
+ALIGNMENT = 64
+"""Every dataset starts at a multiple of this: NumPy views are aligned for any dtype."""
+ALIGNMENT_THRESHOLD = 512  # smaller HDF5 objects (metadata) are packed as usual
+HEADER_BYTES = 4096
+MIN_GROWTH_BYTES = 16 * 2**20
+MAX_GROWTH_BYTES = 2**30
+SPACE_MARGIN = 8 * 2**20
+"""Free space kept for HDF5's own metadata: h5py on a full disk raises RuntimeError and can
+crash at exit (issue 8), so oocstore refuses to grow before HDF5 could hit ENOSPC."""
+MAX_EXTENTS = 16_384  # each is one mapping for readers; real stores have a few dozen
+
+_MAGIC = b"\x89OOCSTORE-HDF5\r\n"
+_HEADER = struct.Struct("<16sIIQQ")  # magic, record format, reserved, userblock, slot bytes
+_NOTE = (
+    b"\n\nThis is an HDF5 file written by oocstore. These first bytes are an HDF5 userblock: "
+    b"HDF5 tools skip it. It holds oocstore's commit record, two checksummed JSON slots.\n"
+)
+_SLOT_MAGIC = b"OOCSLOT1"
+_SLOT = struct.Struct("<8sQQI4x")  # magic, sequence number, payload bytes, crc32
+_RECORD_FORMAT = 1
+_LAYOUT_VERSION = 1
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_NOSPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+# -- dtypes -----------------------------------------------------------------------------------
+
+
+def _h5_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype to create an HDF5 dataset with: NumPy's own where HDF5 has the same bytes,
+    else h5py's opaque type tagged with the NumPy dtype (datetime64, timedelta64, ``U``).
+
+    Raises UnsupportedDtypeError when neither holds the bytes exactly.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.itemsize == 0 or dtype.hasobject:
+        raise UnsupportedDtypeError(
+            "the HDF5 backend cannot store this dtype",
+            expected="a numeric, bool, complex, fixed-width string, datetime or structured dtype",
+            actual=str(dtype),
+        )
+    try:
+        tid = h5py.h5t.py_create(dtype, logical=True)
+        if tid.dtype == dtype and tid.get_size() == dtype.itemsize:
+            return dtype
+    except (TypeError, ValueError):
+        pass
+    try:
+        opaque = h5py.opaque_dtype(dtype)
+        tid = h5py.h5t.py_create(opaque, logical=True)
+    except (TypeError, ValueError) as err:
+        raise UnsupportedDtypeError(
+            "the HDF5 backend has no exact type for this dtype",
+            actual=str(dtype),
+            hint=f"({err}); use the npy or zarr backend",
+        ) from None
+    if tid.get_size() != dtype.itemsize:
+        raise UnsupportedDtypeError(
+            "the HDF5 backend has no exact type for this dtype", actual=str(dtype)
+        )
+    out: np.dtype[Any] = np.dtype(opaque)
+    return out
+
+
+def _stored_dtype(dset: h5py.Dataset) -> np.dtype[Any]:
+    """The NumPy dtype of a dataset's bytes (h5py maps an opaque NUMPY tag back)."""
+    dt = np.dtype(dset.dtype)
+    base = h5py.check_opaque_dtype(dt)
+    return np.dtype(base) if isinstance(base, np.dtype) else dt
+
+
+# -- the commit record ------------------------------------------------------------------------
+
+
+@dataclass
+class _Layout:
+    """Where one array's rows are: validated ``extra["hdf5"]["arrays"][name]``."""
+
+    layout: str  # "contiguous", "chunked" or "empty" (rows of zero bytes)
+    rows: int  # rows with storage (the dataset's length in HDF5)
+    chunk_rows: int = 0
+    extents: list[list[int]] = field(default_factory=list)  # [first row, rows, file offset]
+
+
+def _header_bytes(userblock: int) -> bytes:
+    slot = (userblock - HEADER_BYTES) // 2
+    return _HEADER.pack(_MAGIC, _RECORD_FORMAT, 0, userblock, slot) + _NOTE
+
+
+def _read_header(fd: int, where: str) -> tuple[int, int] | None:
+    """``(userblock bytes, slot bytes)`` from an oocstore userblock header, or None."""
+    head = os.pread(fd, _HEADER.size, 0)
+    if len(head) < _HEADER.size or not head.startswith(_MAGIC):
+        return None
+    _, version, _, userblock, slot = _HEADER.unpack(head)
+    if version != _RECORD_FORMAT:
+        raise CorruptStoreError(
+            where,
+            f"commit record format {version} is not {_RECORD_FORMAT}; "
+            "a newer oocstore wrote it: upgrade oocstore",
+        )
+    if (
+        not 2 * HEADER_BYTES <= userblock <= 2**28
+        or userblock & (userblock - 1)
+        or slot != (userblock - HEADER_BYTES) // 2
+    ):
+        raise CorruptStoreError(where, f"bad userblock header ({userblock=}, {slot=})")
+    return userblock, slot
+
+
+def _slot_offset(index: int, slot: int) -> int:
+    return HEADER_BYTES + index * slot
+
+
+def _read_record(fd: int, slot: int) -> tuple[int, bytes] | None:
+    """The newest commit whose slot passes its checksum: ``(sequence number, payload)``."""
+    best: tuple[int, bytes] | None = None
+    for index in (0, 1):
+        off = _slot_offset(index, slot)
+        head = os.pread(fd, _SLOT.size, off)
+        if len(head) < _SLOT.size:
+            continue
+        magic, seq, n, crc = _SLOT.unpack(head)
+        if magic != _SLOT_MAGIC or n > slot - _SLOT.size:
+            continue
+        payload = os.pread(fd, n, off + _SLOT.size)
+        if len(payload) != n or _crc(seq, payload) != crc:
+            continue  # torn by a kill mid-write (or damaged): the other slot holds a commit
+        if best is None or seq > best[0]:
+            best = (seq, payload)
+    return best
+
+
+def _crc(seq: int, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(struct.pack("<QQ", seq, len(payload))))
+
+
+def _slot_bytes(seq: int, payload: bytes) -> bytes:
+    return _SLOT.pack(_SLOT_MAGIC, seq, len(payload), _crc(seq, payload)) + payload
+
+
+def _load_manifest(data: bytes | str, where: str) -> Manifest:
+    try:
+        manifest = Manifest.loads(data, where)
+    except UnicodeDecodeError:
+        raise CorruptStoreError(where, "manifest is not UTF-8 text") from None
+    if manifest.backend != Hdf5Backend.name:
+        raise CorruptStoreError(
+            where, f"manifest says backend {manifest.backend!r}, the file is HDF5"
+        )
+    return manifest
+
+
+def _int(value: Any, what: str, where: str, low: int = 0, high: int = 2**62) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise CorruptStoreError(where, f"{what} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _check_layouts(
+    manifest: Manifest, info: Any, size: int, userblock: int, where: str
+) -> dict[str, _Layout]:
+    """Validate the record's extents against the manifest and the file's size."""
+    if not isinstance(info, dict) or not isinstance(info.get("arrays"), dict):
+        raise CorruptStoreError(where, "the commit record has no array extents")
+    raw = info["arrays"]
+    out: dict[str, _Layout] = {}
+    for name, spec in manifest.arrays.items():
+        entry = raw.get(name)
+        if not isinstance(entry, dict):
+            raise CorruptStoreError(where, f"the commit record has no extents for {name!r}")
+        kind = entry.get("layout")
+        if kind not in ("contiguous", "chunked", "empty"):
+            raise CorruptStoreError(where, f"array {name!r}: bad layout {kind!r:.40}")
+        rows = _int(entry.get("rows"), f"rows of {name!r}", where)
+        chunk_rows = _int(entry.get("chunk_rows", 0), f"chunk rows of {name!r}", where)
+        if kind == "chunked" and chunk_rows < 1:
+            raise CorruptStoreError(where, f"array {name!r}: chunked without chunk rows")
+        extents = entry.get("extents")
+        if not isinstance(extents, list) or len(extents) > MAX_EXTENTS:
+            raise CorruptStoreError(where, f"array {name!r}: bad extents")
+        lay = _Layout(kind, rows, chunk_rows)
+        row = spec.row_nbytes
+        pos = 0
+        for ext in extents:
+            if not isinstance(ext, list) or len(ext) != 3:
+                raise CorruptStoreError(where, f"array {name!r}: bad extent {ext!r:.60}")
+            first = _int(ext[0], "an extent's first row", where)
+            n = _int(ext[1], "an extent's rows", where, 1)
+            off = _int(ext[2], "an extent's offset", where, userblock)
+            if first != pos:
+                raise CorruptStoreError(where, f"array {name!r}: extents leave a gap at {pos}")
+            used = max(min(n, spec.length - first), 0)
+            if off + used * row > size:
+                raise CorruptStoreError(
+                    where,
+                    f"array {name!r}: rows {first}..{first + used} lie past the end of the "
+                    f"file ({size:,} bytes); was it truncated?",
+                )
+            lay.extents.append([first, n, off])
+            pos += n
+        if kind == "empty" and row:
+            raise CorruptStoreError(where, f"array {name!r}: rows of {row} bytes marked empty")
+        if row and pos < spec.length:
+            raise CorruptStoreError(
+                where,
+                f"array {name!r}: extents hold {pos} rows, the manifest commits {spec.length}",
+            )
+        out[name] = lay
+    return out
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError) and err.errno in _NOSPACE:
+        return True
+    text = str(err)
+    return "No space left" in text or "errno = 28" in text or "Disk quota" in text
+
+
+@contextlib.contextmanager
+def _writing(path: Path, doing: str) -> Iterator[None]:
+    """Translate h5py failures while writing: a full disk is DiskFullError, others OSError."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except (OSError, RuntimeError) as err:
+        if _is_disk_full(err):
+            raise DiskFullError(os.fspath(path)) from err
+        if isinstance(err, OSError) and type(err) is not OSError:
+            raise  # an OSError subclass oocstore raised itself
+        msg = f"HDF5 failed while {doing} in {str(path)!r}: {err}"
+        raise OSError(errno.EIO, msg, os.fspath(path)) from err
+
+
+def _open_read(path: Path) -> int:
+    """Open ``path`` read-only, never through a symlink; CorruptStoreError if it is not a file."""
+    where = os.fspath(path)
+    try:
+        fd = open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise CorruptStoreError(where, "file is missing") from None
+    except OSError as err:  # ELOOP: a symlink planted at the store's path
+        raise CorruptStoreError(where, f"cannot open ({err.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CorruptStoreError(where, "not a regular file")
+    return fd
+
+
+# -- readers ----------------------------------------------------------------------------------
+
+
+class ExtentArray(LazyArray):
+    """Committed rows that lie in several runs of the file: each run mapped, rows copied out."""
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        pieces: Sequence[tuple[int, np.ndarray]],
+    ) -> None:
+        super().__init__(shape, dtype)
+        self._starts = [first for first, _ in pieces]
+        self._maps = [mm for _, mm in pieces]
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        out = np.empty((stop - start, *self._shape[1:]), dtype=self._dtype)
+        k = max(bisect.bisect_right(self._starts, start) - 1, 0)
+        pos = start
+        while pos < stop:
+            first, mm = self._starts[k], self._maps[k]
+            end = min(stop, first + len(mm))
+            out[pos - start : end - start] = mm[pos - first : end - first]
+            pos = end
+            k += 1
+        return out
+
+    def close(self) -> None:
+        """Unmap the runs (views already taken from them stay valid until dropped)."""
+        maps, self._maps, self._starts = self._maps, [], []
+        for mm in maps:
+            inner = getattr(mm, "_mmap", None)
+            if inner is not None:
+                with contextlib.suppress(BufferError, ValueError):
+                    inner.close()
+
+
+class _DatasetArray(LazyArray):
+    """Rows of an h5py dataset, cut to the committed length (files without a commit record)."""
+
+    def __init__(self, dset: h5py.Dataset, spec: ArraySpec, where: str) -> None:
+        super().__init__((spec.length, *spec.shape), spec.dtype)
+        self._dset = dset
+        self._where = where
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        try:
+            out = np.asarray(self._dset[start:stop])
+        except (OSError, RuntimeError, ValueError, KeyError) as err:
+            raise CorruptStoreError(self._where, f"HDF5 cannot read rows: {err}") from None
+        return np.ascontiguousarray(out.view(self._dtype) if out.dtype != self._dtype else out)
+
+    def close(self) -> None:
+        """Close the HDF5 file this array reads from."""
+        with contextlib.suppress(Exception):
+            self._dset.file.close()
+
+
+def _empty(spec: ArraySpec) -> np.ndarray:
+    out = np.empty((spec.length, *spec.shape), dtype=spec.dtype)
+    out.flags.writeable = False
+    return out
+
+
+# -- the writer's view of an array ------------------------------------------------------------
+
+
+class _Array:
+    """Writer-side state of one physical array: its dataset and where its rows are."""
+
+    def __init__(
+        self,
+        name: str,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        layout: str,
+        chunk_rows: int = 0,
+    ) -> None:
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(shape)
+        self.row_nbytes = math.prod(self.shape) * self.dtype.itemsize
+        self.layout = layout if self.row_nbytes else "empty"
+        self.chunk_rows = chunk_rows if self.layout == "chunked" else 0
+        self.allocated = 0  # rows with storage: the dataset's length in HDF5
+        self.requested = 0  # rows the writer reserved; chunked arrays grow to it in steps
+        self.extents: list[list[int]] = []  # [first row, rows, file offset], in row order
+
+    @property
+    def covered(self) -> int:
+        """Rows the extents cover (a chunked array's last chunk may reach past ``allocated``)."""
+        return self.extents[-1][0] + self.extents[-1][1] if self.extents else 0
+
+    def add_extent(self, first: int, rows: int, offset: int) -> None:
+        """Append rows at ``offset``, merging with the last run when they are adjacent."""
+        if self.extents:
+            last = self.extents[-1]
+            if last[0] + last[1] == first and last[2] + last[1] * self.row_nbytes == offset:
+                last[1] += rows
+                return
+        self.extents.append([first, rows, offset])
+
+    def pieces(self, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+        """``(first row, end row, file offset of first row)`` runs covering ``[start, stop)``."""
+        if stop <= start:
+            return
+        k = max(bisect.bisect_right([e[0] for e in self.extents], start) - 1, 0)
+        pos = start
+        while pos < stop:
+            if k >= len(self.extents):
+                msg = f"rows {pos}..{stop} of {self.name!r} have no storage"
+                raise IndexError(msg)
+            first, rows, off = self.extents[k]
+            end = min(stop, first + rows)
+            if end > pos:
+                yield pos, end, off + (pos - first) * self.row_nbytes
+                pos = end
+            k += 1
+
+    def layout_json(self) -> dict[str, Any]:
+        """This array's entry in the commit record."""
+        out: dict[str, Any] = {"layout": self.layout, "rows": self.allocated}
+        if self.layout == "chunked":
+            out["chunk_rows"] = self.chunk_rows
+        out["extents"] = [list(e) for e in self.extents]
+        return out
+
+
+@dataclass
+class _File:
+    """One open HDF5 file being written: h5py's handle, oocstore's descriptor, its arrays."""
+
+    path: Path
+    h5: Any  # h5py.File, or _NoH5 for a file whose HDF5 metadata is not to be trusted
+    fd: int
+    userblock: int
+    arrays: dict[str, _Array] = field(default_factory=dict)
+    dsync: int | None = None  # the same file opened O_DSYNC, for commit slots
+
+    @property
+    def slot(self) -> int:
+        return (self.userblock - HEADER_BYTES) // 2
+
+    def write_slot(self, data: bytes, offset: int) -> None:
+        """Write a commit slot durably, flushing only its own pages.
+
+        ``O_DSYNC`` makes the write return once its range is on disk; an ``fdatasync`` would
+        also flush every row written since the last commit, which a background commit then
+        waits for while the writer keeps appending.
+        """
+        flag = getattr(os, "O_DSYNC", 0)
+        if not flag:
+            pwrite_all(self.fd, data, offset, self.path)
+            fsync_fd(self.fd, self.path)
+            return
+        if self.dsync is None:
+            self.dsync = open_nofollow(self.path, os.O_WRONLY | flag)
+        pwrite_all(self.dsync, data, offset, self.path)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.h5.close()
+        for fd in (self.fd, self.dsync):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+# -- the backend ------------------------------------------------------------------------------
+
+
+class Hdf5Backend(Backend):
+    """Store arrays as datasets of one HDF5 file; commits live in the file's userblock.
+
+    Options (``BackendOptions``): ``chunks`` (rows per chunk, for all arrays or per array),
+    ``extra["length"]`` (the declared number of samples: arrays of exactly that many rows are
+    contiguous), ``extra["layout"]`` (``"contiguous"`` or ``"chunked"`` for every array),
+    ``extra["userblock"]`` (bytes, a power of two: room for the commit record). Compression is
+    not offered: crash safety rests on writing rows at known file offsets (``h5repack -f
+    GZIP=4`` compresses a finished file, which oocstore still opens through the attribute).
+    """
+
+    name: ClassVar[str] = "hdf5"
+    zero_copy: ClassVar[bool] = False  # contiguous arrays are np.memmap; chunked ones may not be
+    suffixes: ClassVar[tuple[str, ...]] = (".h5", ".hdf5")
+    background_sync: ClassVar[bool] = True
+
+    def __init__(self, root: Path, options: BackendOptions | None = None) -> None:
+        super().__init__(root, options)
+        if self.options.compressors is not None:
+            msg = (
+                "the HDF5 backend writes uncompressed datasets (crash safety rests on writing "
+                "rows at known file offsets); leave compressors=None, compress the finished "
+                "file with h5repack, or use backend='zarr'"
+            )
+            raise ValueError(msg)
+        extra = self.options.extra
+        layout = extra.get("layout")
+        if layout not in (None, "contiguous", "chunked"):
+            msg = f"extra['layout'] must be 'contiguous' or 'chunked', not {layout!r}"
+            raise ValueError(msg)
+        self._force_layout: str | None = layout
+        length = extra.get("length")
+        self._declared: int | None = int(length) if length is not None else None
+        userblock = int(extra.get("userblock", USERBLOCK_BYTES))
+        if userblock < 2 * HEADER_BYTES or userblock & (userblock - 1) or userblock > 2**28:
+            msg = (
+                f"extra['userblock'] must be a power of two from 8 KiB to 256 MiB, not {userblock}"
+            )
+            raise ValueError(msg)
+        self._userblock = userblock
+        self._file: _File | None = None
+        self._final: _File | None = None  # a compacted file waiting for the final manifest
+        self._seq = 0
+        self._published = False  # has the file been renamed to root (first commit done)?
+        self._meta_dirty = True  # HDF5 metadata changed since the attribute was last written
+        self._unsynced = False  # bytes written since the last fdatasync (outside sync())
+        self._parked = 0
+        self._mutex = threading.RLock()  # background commits vs. growth in the writer thread
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @classmethod
+    def supports_dtype(cls, dtype: np.dtype[Any]) -> bool:
+        """Whether arrays of ``dtype`` can be stored (others raise UnsupportedDtypeError)."""
+        try:
+            _h5_dtype(np.dtype(dtype))
+        except (UnsupportedDtypeError, TypeError):
+            return False
+        return True
+
+    @classmethod
+    def holds_store(cls, root: Path) -> bool:
+        try:
+            fd = open_nofollow(root, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            if os.pread(fd, len(_MAGIC), 0).startswith(_MAGIC):
+                return True
+            # HDF5 looks for its superblock at 0, 512, 1024, 2048... (after a userblock): a
+            # file rewritten by h5repack or h5py, or one whose oocstore header is damaged, is
+            # a store if HDF5 opens it and it carries the manifest attribute.
+            hdf5 = any(
+                os.pread(fd, len(_HDF5_SIGNATURE), at) == _HDF5_SIGNATURE
+                for at in (0, *(512 << k for k in range(20)))
+            )
+        finally:
+            os.close(fd)
+        if not hdf5:
+            return False
+        try:
+            with h5py.File(root, "r", locking=False) as f:
+                return ATTRIBUTE in f.attrs
+        except Exception:  # any HDF5 failure means "not recognised"
+            return False
+
+    @classmethod
+    def lock_path(cls, root: Path) -> Path:
+        """A hidden file beside the store: the store is one file, which HDF5 itself locks."""
+        return root.with_name(f".{root.name}.lock")
+
+    @classmethod
+    def read_manifest(cls, root: Path) -> Manifest:
+        where = os.fspath(root)
+        fd = _open_read(root)
+        try:
+            st = os.fstat(fd)
+            header = _read_header(fd, where)
+            record = _read_record(fd, header[1]) if header is not None else None
+        finally:
+            os.close(fd)
+        if header is not None and record is not None:
+            seq, payload = record
+            manifest = _load_manifest(payload, where)
+            layouts = _check_layouts(
+                manifest, manifest.extra.get("hdf5"), st.st_size, header[0], where
+            )
+            manifest.extra["hdf5"] = {
+                "version": _LAYOUT_VERSION,
+                "source": "record",
+                "seq": seq,
+                "file": [st.st_dev, st.st_ino],
+                "arrays": {
+                    name: {
+                        "layout": lay.layout,
+                        "rows": lay.rows,
+                        "chunk_rows": lay.chunk_rows,
+                        "extents": lay.extents,
+                    }
+                    for name, lay in layouts.items()
+                },
+            }
+            return manifest
+        from_attribute = cls._read_attribute(root)
+        if from_attribute is None:
+            problem = (
+                "both commit slots of the userblock fail their checksums"
+                if header is not None
+                else "no oocstore commit record"
+            )
+            raise CorruptStoreError(
+                where, f"{problem} and no {ATTRIBUTE!r} attribute: no oocstore manifest"
+            )
+        return from_attribute
+
+    @classmethod
+    def _read_attribute(cls, root: Path) -> Manifest | None:
+        """The manifest attribute of a file read through HDF5 (None if it has none)."""
+        where = os.fspath(root)
+        try:
+            with h5py.File(root, "r", locking=False) as f:
+                if ATTRIBUTE not in f.attrs:
+                    return None
+                text = f.attrs[ATTRIBUTE]
+        except Exception as err:  # every HDF5 failure is a damaged file here
+            raise CorruptStoreError(where, f"HDF5 cannot read the file ({err})") from None
+        if isinstance(text, np.ndarray) and text.shape == ():
+            text = text[()]
+        if isinstance(text, np.bytes_ | bytes):
+            text = bytes(text)
+        if not isinstance(text, str | bytes):
+            raise CorruptStoreError(where, f"attribute {ATTRIBUTE!r} is not text")
+        manifest = _load_manifest(text, where)
+        manifest.extra["hdf5"] = {"version": _LAYOUT_VERSION, "source": "attribute"}
+        return manifest
+
+    @classmethod
+    def open_arrays(cls, root: Path, manifest: Manifest) -> dict[str, ArrayReader]:
+        info = manifest.extra.get("hdf5")
+        if isinstance(info, dict) and info.get("source") == "record":
+            return cls._open_record_arrays(root, manifest, info)
+        return cls._open_dataset_arrays(root, manifest)
+
+    @classmethod
+    def _open_record_arrays(
+        cls, root: Path, manifest: Manifest, info: dict[str, Any]
+    ) -> dict[str, ArrayReader]:
+        where = os.fspath(root)
+        fd = _open_read(root)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            header = _read_header(fd, where)
+            if header is None:
+                raise CorruptStoreError(where, "the commit record's header is gone")
+            if info.get("file") != [st.st_dev, st.st_ino]:
+                # A writer finished by writing a compacted file and renaming it here since
+                # the manifest was read: take the extents from the file now at this path.
+                info = cls._extents_after_rewrite(fd, header[1], manifest, where)
+            layouts = _check_layouts(manifest, info, st.st_size, header[0], where)
+            out: dict[str, ArrayReader] = {}
+            for name, spec in manifest.arrays.items():
+                lay = layouts[name]
+                if spec.length == 0 or spec.row_nbytes == 0:
+                    out[name] = _empty(spec)
+                    continue
+                pieces = []
+                for first, rows, off in lay.extents:
+                    n = min(rows, spec.length - first)
+                    if n <= 0:
+                        break
+                    try:
+                        mm = np.memmap(
+                            f, dtype=spec.dtype, mode="r", offset=off, shape=(n, *spec.shape)
+                        )
+                    except (OSError, ValueError, OverflowError) as err:
+                        raise CorruptStoreError(where, f"cannot map {name!r} ({err})") from None
+                    pieces.append((first, mm))
+                if len(pieces) == 1:
+                    out[name] = pieces[0][1]
+                else:
+                    out[name] = ExtentArray((spec.length, *spec.shape), spec.dtype, pieces)
+        return out
+
+    @classmethod
+    def _extents_after_rewrite(
+        cls, fd: int, slot: int, manifest: Manifest, where: str
+    ) -> dict[str, Any]:
+        record = _read_record(fd, slot)
+        if record is not None:
+            newer = _load_manifest(record[1], where)
+            same = all(
+                name in newer.arrays
+                and newer.arrays[name].dtype == spec.dtype
+                and newer.arrays[name].shape == spec.shape
+                and newer.arrays[name].length >= spec.length
+                for name, spec in manifest.arrays.items()
+            )
+            info = newer.extra.get("hdf5")
+            if same and isinstance(info, dict):
+                return info
+        raise CorruptStoreError(
+            where,
+            "the store was rewritten while it was being opened (a writer finished it); "
+            "open it again",
+        )
+
+    @classmethod
+    def _open_dataset_arrays(cls, root: Path, manifest: Manifest) -> dict[str, ArrayReader]:
+        """Arrays of a file without a commit record, through HDF5's own metadata."""
+        where = os.fspath(root)
+        try:
+            f = h5py.File(root, "r", locking=False)
+        except Exception as err:  # every HDF5 failure is a damaged file here
+            raise CorruptStoreError(where, f"HDF5 cannot open the file ({err})") from None
+        out: dict[str, ArrayReader] = {}
+        lazy = False
+        try:
+            size = os.stat(root).st_size
+            for name, spec in manifest.arrays.items():
+                try:
+                    dset = f.get(name)
+                    ok = isinstance(dset, h5py.Dataset)
+                    stored = _stored_dtype(dset) if ok else None
+                except Exception as err:
+                    raise CorruptStoreError(where, f"HDF5 cannot read {name!r} ({err})") from None
+                if not ok or stored != spec.dtype or dset.shape[1:] != spec.shape:
+                    raise CorruptStoreError(
+                        where, f"dataset {name!r} is missing or differs from the manifest"
+                    )
+                if dset.shape[0] < spec.length:
+                    raise CorruptStoreError(
+                        where,
+                        f"dataset {name!r} has {dset.shape[0]:,} rows, the manifest commits "
+                        f"{spec.length:,}",
+                    )
+                if spec.length == 0 or spec.row_nbytes == 0:
+                    out[name] = _empty(spec)
+                    continue
+                offset = (
+                    dset.id.get_offset() if dset.chunks is None and not dset.compression else None
+                )
+                nbytes = spec.length * spec.row_nbytes
+                if offset is not None and offset + nbytes <= size:
+                    with os.fdopen(_open_read(root), "rb") as fh:
+                        out[name] = np.memmap(
+                            fh,
+                            dtype=spec.dtype,
+                            mode="r",
+                            offset=offset,
+                            shape=(spec.length, *spec.shape),
+                        )
+                else:
+                    out[name] = _DatasetArray(dset, spec, where)
+                    lazy = True
+        except BaseException:
+            f.close()
+            raise
+        if not lazy:
+            f.close()
+        return out
+
+    # -- writing: files ------------------------------------------------------------------------
+
+    def _sibling(self, suffix: str) -> Path:
+        return self.root.with_name(f".{self.root.name}{suffix}")
+
+    def _new_file(self, path: Path) -> _File:
+        """Create an empty HDF5 file with oocstore's userblock header at ``path``."""
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self._check_space(self._userblock, path)
+        with _writing(path, "creating the file"):
+            h5 = h5py.File(
+                path,
+                "w",
+                libver=LIBVER,
+                userblock_size=self._userblock,
+                alignment_threshold=ALIGNMENT_THRESHOLD,
+                alignment_interval=ALIGNMENT,
+            )
+        try:
+            fd = open_nofollow(path, os.O_RDWR)
+        except BaseException:
+            h5.close()
+            raise
+        out = _File(path, h5, fd, self._userblock)
+        try:
+            pwrite_all(fd, _header_bytes(self._userblock), 0, path)
+        except BaseException:
+            out.close()
+            raise
+        return out
+
+    def _current(self) -> _File:
+        if self._file is None:
+            # The file is born beside the store and renamed into place by the first commit,
+            # so a writer killed before it leaves no half-made store at the path.
+            self._file = self._new_file(self._sibling(".partial"))
+        return self._file
+
+    def _check_space(self, nbytes: int, path: Path | None = None) -> None:
+        """Refuse to grow when the disk cannot take ``nbytes`` plus HDF5's metadata margin."""
+        where = path or self.root
+        try:
+            st = os.statvfs(where.parent)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if nbytes + SPACE_MARGIN > free:
+            raise DiskFullError(os.fspath(where), needed=nbytes + SPACE_MARGIN, free=free)
+
+    # -- writing: arrays -----------------------------------------------------------------------
+
+    def _chunk_rows_for(self, name: str, row: int, capacity: int) -> int:
+        chunks = self.options.chunks
+        given = (
+            chunks.get(name, chunks.get(name.split(".", 1)[0]))
+            if isinstance(chunks, dict)
+            else chunks
+        )
+        if given is not None:
+            rows = int(given)
+            if rows < 1 or rows * row > MAX_CHUNK_BYTES:
+                msg = f"chunks={rows} rows for {name!r}: chunks need 1 row or more and under 4 GiB"
+                raise ValueError(msg)
+            return rows
+        # About TARGET_CHUNK_BYTES, less for a small array; a multiple of the rows that make
+        # whole ALIGNMENT units, so chunks allocated together lie end to end in the file.
+        target = min(TARGET_CHUNK_BYTES, max(MIN_CHUNK_BYTES, capacity * row // 8))
+        unit = ALIGNMENT // math.gcd(row, ALIGNMENT)
+        rows = max(target // row // unit, 1) * unit
+        if rows * row > MAX_CHUNK_BYTES:
+            rows = max(MAX_CHUNK_BYTES // row, 1)
+        if rows * row > MAX_CHUNK_BYTES:
+            msg = f"a row of {row:,} bytes does not fit in an HDF5 chunk (4 GiB at most)"
+            raise SchemaError(
+                msg,
+                field=name.split(".", 1)[0],
+                hint="declare length= so the HDF5 backend stores it contiguous, or use the npy "
+                "backend",
+            )
+        return rows
+
+    def _dataset(self, f: _File, arr: _Array, rows: int) -> h5py.Dataset:
+        """Create ``arr``'s dataset with ``rows`` rows, space allocated now, never filled."""
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        kwargs: dict[str, Any] = {}
+        if arr.layout == "chunked":
+            kwargs = {"chunks": (arr.chunk_rows, *arr.shape), "maxshape": (None, *arr.shape)}
+        return f.h5.create_dataset(
+            arr.name,
+            shape=(rows, *arr.shape),
+            dtype=_h5_dtype(arr.dtype),
+            dcpl=dcpl,
+            track_times=False,
+            **kwargs,
+        )
+
+    def _create(self, f: _File, arr: _Array, rows: int) -> None:
+        """Create ``arr`` in ``f`` with room for ``rows`` rows, space really allocated."""
+        if arr.layout == "chunked":
+            with _writing(f.path, f"creating {arr.name!r}"):
+                self._dataset(f, arr, 0)
+            try:
+                self._grow(f, arr, rows, rows)
+            except BaseException:
+                with contextlib.suppress(Exception):  # never committed: nothing maps it
+                    del f.h5[arr.name]
+                    f.h5.flush()
+                raise
+            f.arrays[arr.name] = arr
+            return
+        nbytes = rows * arr.row_nbytes
+        self._check_space(nbytes, f.path)
+        with _writing(f.path, f"creating {arr.name!r}"):
+            dset = self._dataset(f, arr, rows)
+            offset = dset.id.get_offset() if nbytes else None
+        try:
+            if nbytes:
+                if offset is None:
+                    msg = f"HDF5 allocated no storage for {arr.name!r}"
+                    raise OSError(errno.EIO, msg, os.fspath(f.path))
+                # Real blocks first: a full disk fails here, and the superblock HDF5 writes
+                # next never counts bytes the file does not have.
+                preallocate(f.fd, int(offset), nbytes, f.path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                del f.h5[arr.name]
+            raise
+        finally:
+            with _writing(f.path, f"creating {arr.name!r}"):
+                f.h5.flush()
+        arr.allocated = arr.requested = rows
+        f.arrays[arr.name] = arr
+        if nbytes and offset is not None:
+            arr.extents = [[0, rows, int(offset)]]
+        self._meta_dirty = True
+
+    def _grow(self, f: _File, arr: _Array, need: int, want: int) -> None:
+        """Give chunked ``arr`` storage for at least ``need`` rows, ``want`` if steps allow."""
+        c = arr.chunk_rows
+        old = arr.allocated
+        step = min(max(old * arr.row_nbytes // 8, MIN_GROWTH_BYTES), MAX_GROWTH_BYTES)
+        new = max(need, min(want, old + max(step // arr.row_nbytes, 1)))
+        new = -(-new // c) * c
+        first_chunk = -(-arr.covered // c) if arr.extents else -(-old // c)
+        self._check_space((new - first_chunk * c) * arr.row_nbytes, f.path)
+        with _writing(f.path, f"growing {arr.name!r}"):
+            dset = f.h5[arr.name]
+            dset.resize(new, axis=0)
+            added = []
+            chunks = _chunk_offsets(dset, first_chunk * c)
+            for k in range(first_chunk, new // c):
+                off, size = chunks.get(k * c, (None, 0))
+                if off is None or size != c * arr.row_nbytes:
+                    msg = f"HDF5 did not allocate chunk {k} of {arr.name!r} as asked"
+                    raise OSError(errno.EIO, msg, os.fspath(f.path))
+                added.append((k * c, off))
+        runs: list[list[int]] = []
+        for _, off in added:
+            if runs and runs[-1][1] == off:
+                runs[-1][1] += c * arr.row_nbytes
+            else:
+                runs.append([off, off + c * arr.row_nbytes])
+        try:
+            # Real blocks before HDF5 writes a superblock that counts them: a kill between
+            # the two must not leave a file shorter than HDF5 says ("truncated file").
+            for lo, hi in runs:
+                preallocate(f.fd, lo, hi - lo, f.path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                dset.resize(old, axis=0)
+            raise
+        finally:
+            with _writing(f.path, f"growing {arr.name!r}"):
+                f.h5.flush()
+        for first, off in added:
+            arr.add_extent(first, c, off)
+        arr.allocated = new
+        arr.requested = max(arr.requested, want)
+        self._meta_dirty = True
+        self._unsynced = True
+
+    def _park(self, f: _File, name: str) -> None:
+        """Move dataset ``name`` aside: a commit may still name its bytes, so they stay."""
+        with _writing(f.path, f"dropping {name!r}"):
+            group = f.h5.require_group(DROPPED_GROUP)
+            k = 0
+            while f"{name}~{k}" in group:
+                k += 1
+            f.h5.move(name, f"{DROPPED_GROUP}/{name}~{k}")
+            f.h5.flush()
+        self._parked += 1
+        self._meta_dirty = True
+
+    def _layout_for(self, capacity: int) -> str:
+        if self._force_layout is not None:
+            return self._force_layout
+        if self._declared is not None and capacity == self._declared and capacity > 0:
+            return "contiguous"
+        return "chunked"
+
+    def create(self) -> None:
+        # Only the directory: the file itself is created beside the store by the first array
+        # (the writer holds its lock by then) and renamed into place by the first commit.
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+
+    def create_array(
+        self, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], capacity: int
+    ) -> None:
+        _h5_dtype(dtype)  # refuse an unsupported dtype before touching the file
+        with self._mutex:
+            f = self._current()
+            if name in f.h5:
+                self._park(f, name)
+            f.arrays.pop(name, None)
+            layout = self._layout_for(capacity)
+            row = math.prod(shape) * np.dtype(dtype).itemsize
+            chunk_rows = self._chunk_rows_for(name, row, capacity) if row else 0
+            arr = _Array(name, dtype, shape, layout, chunk_rows)
+            self._create(f, arr, capacity)
+
+    def reserve(self, name: str, capacity: int) -> None:
+        with self._mutex:
+            f = self._current()
+            arr = f.arrays[name]
+            if arr.layout == "empty":
+                self._resize_empty(f, arr, capacity)
+            elif arr.layout == "contiguous":
+                if capacity > arr.allocated:
+                    self._relocate(f, arr, arr.allocated, capacity)
+            elif capacity > arr.requested:
+                # Checked now, allocated in steps as rows arrive (write): a step is at most an
+                # eighth of the array, so trimming at close() leaves little dead space.
+                self._check_space((capacity - arr.allocated) * arr.row_nbytes, f.path)
+                arr.requested = capacity
+
+    def _resize_empty(self, f: _File, arr: _Array, rows: int) -> None:
+        """Rows of zero bytes hold nothing: recreate the (contiguous) dataset at ``rows``."""
+        if rows == arr.allocated:
+            return
+        with _writing(f.path, f"resizing {arr.name!r}"):
+            del f.h5[arr.name]
+            self._dataset(f, arr, rows)
+            f.h5.flush()
+        arr.allocated = arr.requested = rows
+        self._meta_dirty = True
+
+    def _relocate(self, f: _File, arr: _Array, need: int, capacity: int) -> None:
+        """A contiguous array got more rows than declared: move it into a chunked dataset."""
+        log.debug(
+            "%r outgrew its %d contiguous rows: moving it to a chunked dataset",
+            arr.name,
+            arr.allocated,
+        )
+        self._park(f, arr.name)
+        new = _Array(
+            arr.name,
+            arr.dtype,
+            arr.shape,
+            "chunked",
+            self._chunk_rows_for(arr.name, arr.row_nbytes, capacity),
+        )
+        with _writing(f.path, f"creating {arr.name!r}"):
+            self._dataset(f, new, 0)
+        f.arrays[arr.name] = new
+        new.requested = max(capacity, need)
+        self._grow(f, new, max(need, arr.allocated, 1), new.requested)
+        _copy_rows(f.fd, arr, f.fd, new, arr.allocated, f.path)
+        self._unsynced = True
+
+    def write(self, name: str, start: int, values: np.ndarray) -> None:
+        f = self._current()
+        arr = f.arrays[name]
+        n = len(values)
+        if n == 0:
+            return
+        stop = start + n
+        if stop > arr.allocated:
+            with self._mutex:
+                if arr.layout == "empty":
+                    self._resize_empty(f, arr, max(stop, arr.requested))
+                elif arr.layout == "contiguous":
+                    self._relocate(f, arr, stop, max(stop, arr.requested))
+                    arr = f.arrays[name]
+                else:
+                    self._grow(f, arr, stop, max(arr.requested, stop))
+        _write_into(f, arr, start, values)
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        f = self._current()
+        arr = f.arrays[name]
+        out = np.empty((max(stop - start, 0), *arr.shape), dtype=arr.dtype)
+        if out.nbytes == 0:
+            return out
+        buf = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+        row = arr.row_nbytes
+        for lo, hi, off in arr.pieces(start, stop):
+            view = buf[(lo - start) * row : (hi - start) * row]
+            done = 0
+            while done < len(view):
+                k = os.preadv(f.fd, [view[done:]], off + done)
+                if k == 0:
+                    raise CorruptStoreError(os.fspath(f.path), f"file ends inside {name!r}")
+                done += k
+        return out
+
+    def delete_array(self, name: str) -> None:
+        with self._mutex:
+            if self._file is None:
+                return
+            f = self._file
+            arr = f.arrays.pop(name, None)
+            if name not in f.h5:
+                return
+            if arr is not None and arr.layout == "empty":
+                with _writing(f.path, f"deleting {name!r}"):
+                    del f.h5[name]  # no bytes: nothing a reader could map
+                    f.h5.flush()
+                self._meta_dirty = True
+                return
+            self._park(f, name)
+
+    def chunk_rows(self, name: str) -> int:
+        # Rows are written at their file offsets, never through HDF5's chunk cache: a partial
+        # chunk costs nothing, so the writer need not stage whole chunks.
+        return 1
+
+    def sync(self, lengths: dict[str, int]) -> None:
+        with self._mutex:
+            f = self._current()
+            for name, length in lengths.items():
+                arr = f.arrays.get(name)
+                if arr is None or (arr.row_nbytes and length > arr.covered):
+                    msg = f"{name!r} has storage for {arr.covered if arr else 0} rows, not {length}"
+                    raise CorruptStoreError(os.fspath(f.path), msg)
+            self._unsynced = False
+        fsync_fd(f.fd, f.path)
+
+    def _record(self, f: _File, manifest: Manifest) -> bytes:
+        """The manifest with this file's extents, as the commit record's JSON."""
+        arrays = {}
+        for name in manifest.arrays:
+            arr = f.arrays.get(name)
+            if arr is None:
+                msg = f"the manifest names {name!r}, which this writer has not created"
+                raise CorruptStoreError(os.fspath(f.path), msg)
+            arrays[name] = arr.layout_json()
+        extra = {k: v for k, v in manifest.extra.items() if k != "hdf5"}
+        extra["hdf5"] = {"version": _LAYOUT_VERSION, "arrays": arrays}
+        return replace(manifest, extra=extra).dumps()
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        with self._mutex:
+            if self._final is not None:
+                self._commit_file(self._final, manifest, attribute=True)
+                self._install(self._final)
+                self._final = None
+                return
+            f = self._current()
+            if not self._published:
+                self._commit_file(f, manifest, attribute=True)
+                os.replace(f.path, self.root)
+                fsync_dir(self.root.parent)
+                f.path = self.root
+                self._published = True
+                return
+            payload, flush = self._prepare(f, manifest, self._meta_dirty or manifest.complete)
+        # Outside the lock: the writer thread may grow an array meanwhile (a background
+        # commit); what it adds is not named by this record.
+        self._publish(f, payload, flush)
+
+    def _commit_file(self, f: _File, manifest: Manifest, *, attribute: bool) -> None:
+        """Write ``manifest`` as ``f``'s newest commit: the next slot, after the data."""
+        self._publish(f, *self._prepare(f, manifest, attribute))
+
+    def _prepare(self, f: _File, manifest: Manifest, attribute: bool) -> tuple[bytes, bool]:
+        """The record for ``manifest``, and whether the file needs an fdatasync before it."""
+        payload = self._record(f, manifest)
+        if len(payload) + _SLOT.size > f.slot:
+            msg = (
+                f"the manifest is {len(payload):,} bytes, more than the HDF5 commit slot holds "
+                f"({f.slot - _SLOT.size:,}); create the store with a larger "
+                "BackendOptions.extra['userblock']"
+            )
+            raise ValueError(msg)
+        if attribute:
+            # The attribute mirrors the record for plain HDF5 readers; it is written only when
+            # HDF5 metadata changes anyway (or at the end), to keep metadata writes rare.
+            with _writing(f.path, "writing the manifest attribute"):
+                text = payload.decode()
+                if ATTRIBUTE in f.h5.attrs:
+                    f.h5.attrs.modify(ATTRIBUTE, text)
+                else:
+                    f.h5.attrs[ATTRIBUTE] = text
+                f.h5.flush()
+            self._meta_dirty = False
+        # sync() made the rows durable; what changed since (HDF5 metadata, grown or relocated
+        # arrays) must be too before the record names it.
+        flush = attribute or self._unsynced
+        self._unsynced = False
+        return payload, flush
+
+    def _publish(self, f: _File, payload: bytes, flush: bool) -> None:
+        """The commit point: the next slot, durable, after the data it declares."""
+        if flush:
+            fsync_fd(f.fd, f.path)
+        seq = self._seq + 1
+        f.write_slot(_slot_bytes(seq, payload), _slot_offset(seq % 2, f.slot))
+        self._seq = seq
+
+    def _install(self, new: _File) -> None:
+        """Rename a rebuilt file over the store: the commit point of a rewrite."""
+        os.replace(new.path, self.root)
+        fsync_dir(self.root.parent)
+        new.path = self.root
+        old, self._file = self._file, new
+        self._published = True
+        self._parked = 0
+        if old is not None:
+            old.close()  # readers that mapped the old file keep it; it goes when they do
+
+    def finalize(self, lengths: dict[str, int]) -> None:
+        with self._mutex:
+            f = self._current()
+            try:
+                names = set(f.h5.keys())
+            except Exception as err:
+                raise OSError(errno.EIO, f"HDF5 cannot list {str(f.path)!r}: {err}") from err
+            leftovers = names - set(lengths) - {DROPPED_GROUP}
+            over = [
+                n
+                for n, k in lengths.items()
+                if f.arrays[n].layout == "contiguous" and f.arrays[n].allocated != k
+            ]
+            if self._parked or DROPPED_GROUP in names or leftovers or over:
+                log.debug(
+                    "compacting %s (dropped %s, over-allocated %s)", self.root, leftovers, over
+                )
+                try:
+                    self._final = self._rebuild(f, lengths, final=True)
+                except DiskFullError:
+                    if over:
+                        raise  # a contiguous dataset can only shrink by being rewritten
+                    # No room for a second copy: drop the dead arrays in place instead. Views
+                    # of older commits that mapped them may then see their space reused.
+                    log.warning("no room to compact %s: dropping arrays in place", self.root)
+                    with _writing(f.path, "dropping arrays"):
+                        for name in (*leftovers, DROPPED_GROUP):
+                            if name in f.h5:
+                                del f.h5[name]
+                    self._parked = 0
+                else:
+                    return
+            with _writing(f.path, "trimming the datasets"):
+                for name, n in lengths.items():
+                    arr = f.arrays[name]
+                    if arr.layout == "empty" and arr.allocated != n:
+                        self._resize_empty(f, arr, n)
+                    elif arr.layout == "chunked" and arr.allocated != n:
+                        # Only chunks past the committed rows go; readers never map those.
+                        f.h5[name].resize(n, axis=0)
+                        arr.allocated = arr.requested = n
+                        keep = -(-n // arr.chunk_rows) * arr.chunk_rows
+                        arr.extents = [
+                            [a, min(r, keep - a), o] for a, r, o in arr.extents if a < keep
+                        ]
+                f.h5.flush()
+            self._meta_dirty = True
+
+    def _rebuild(self, src: _File, lengths: dict[str, int], *, final: bool) -> _File:
+        """Copy the committed rows into a new file beside the store (renamed over it later).
+
+        ``final``: every array contiguous, exactly its length (readers get memmaps). Else the
+        arrays keep their layouts, with room for at least their committed rows.
+        """
+        dst = self._new_file(self._sibling(".rebuild"))
+        try:
+            for name, n in lengths.items():
+                old = src.arrays[name]
+                if final or old.layout != "chunked":
+                    layout, rows = "contiguous", n if final else max(old.allocated, n)
+                    chunk_rows = 0
+                else:
+                    layout, rows, chunk_rows = "chunked", n, old.chunk_rows
+                new = _Array(name, old.dtype, old.shape, layout, chunk_rows)
+                self._create(dst, new, rows)
+                _copy_rows(src.fd, old, dst.fd, new, n, dst.path)
+            with _writing(dst.path, "flushing"):
+                dst.h5.flush()
+        except BaseException:
+            dst.close()
+            with contextlib.suppress(OSError):
+                dst.path.unlink()
+            raise
+        return dst
+
+    def open_existing(self, manifest: Manifest) -> dict[str, int]:
+        where = os.fspath(self.root)
+        for suffix in (".partial", ".rebuild"):
+            with contextlib.suppress(FileNotFoundError):
+                self._sibling(suffix).unlink()  # a killed writer's (we hold the lock now)
+        info = manifest.extra.get("hdf5")
+        fd = open_nofollow(self.root, os.O_RDWR)
+        try:
+            header = _read_header(fd, where)
+            record = _read_record(fd, header[1]) if header is not None else None
+            size = os.fstat(fd).st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        self._seq = record[0] if record is not None else 0
+        self._published = True
+        with self._mutex:
+            if header is None or not (isinstance(info, dict) and info.get("source") == "record"):
+                os.close(fd)
+                self._adopt(manifest)  # a file without a commit record (h5repack, h5py copy)
+            else:
+                layouts = _check_layouts(manifest, info, size, header[0], where)
+                try:
+                    with _writing(self.root, "opening the file"):
+                        h5 = h5py.File(self.root, "r+", libver=LIBVER)
+                except OSError as err:
+                    if isinstance(err, DiskFullError):
+                        os.close(fd)
+                        raise
+                    log.warning(
+                        "HDF5 cannot open %s (%s): rebuilding it from its commit record", where, err
+                    )
+                    self._repair(fd, header[0], manifest, layouts)
+                else:
+                    f = _File(self.root, h5, fd, header[0])
+                    self._file = f
+                    problem = self._adopt_datasets(f, manifest, layouts)
+                    if problem is not None:
+                        log.warning(
+                            "HDF5 metadata of %s disagrees with its commit record (%s): "
+                            "rebuilding the file from the record",
+                            where,
+                            problem,
+                        )
+                        self._file = None
+                        h5.close()
+                        self._repair(fd, header[0], manifest, layouts)
+            f = self._current()
+            for name in list(f.h5.keys()):
+                if name not in manifest.arrays and name != DROPPED_GROUP:
+                    self._park(f, name)  # created after the last commit, or dropped by it
+            self._parked += int(DROPPED_GROUP in f.h5)
+            self._meta_dirty = True
+            return {name: max(a.allocated, a.covered) for name, a in f.arrays.items()}
+
+    def _adopt_datasets(
+        self, f: _File, manifest: Manifest, layouts: dict[str, _Layout]
+    ) -> str | None:
+        """Take each array's state from HDF5, checked against the record; say what differs.
+
+        A writer killed between moving a committed dataset aside (a contiguous array that
+        outgrew its length, a layout change) and its next commit leaves the committed bytes
+        in the dropped group: they are moved back under their name, no copy needed.
+        """
+        try:
+            for name, spec in manifest.arrays.items():
+                lay = layouts[name]
+                arr, problem = _match(f.h5.get(name), name, spec, lay)
+                if arr is None:
+                    group = f.h5.get(DROPPED_GROUP)
+                    parked = sorted(group) if isinstance(group, h5py.Group) else []
+                    for key in parked:
+                        if key.rsplit("~", 1)[0] == name:
+                            arr, _ = _match(group[key], name, spec, lay)
+                            if arr is not None:
+                                if name in f.h5:
+                                    self._park(f, name)  # made after the last commit
+                                f.h5.move(f"{DROPPED_GROUP}/{key}", name)
+                                f.h5.flush()
+                                break
+                if arr is None:
+                    return problem
+                f.arrays[name] = arr
+        except Exception as err:  # torn metadata shows up as any HDF5 error
+            return f"HDF5 error: {err}"
+        return None
+
+    def _repair(
+        self, fd: int, userblock: int, manifest: Manifest, layouts: dict[str, _Layout]
+    ) -> None:
+        """Rebuild the file from the commit record alone (HDF5 metadata is damaged)."""
+        src = _File(self.root, _NoH5(), fd, userblock)
+        for name, spec in manifest.arrays.items():
+            lay = layouts[name]
+            arr = _Array(name, spec.dtype, spec.shape, lay.layout, lay.chunk_rows)
+            arr.extents = [list(e) for e in lay.extents]
+            arr.allocated = lay.rows
+            src.arrays[name] = arr
+        lengths = {name: spec.length for name, spec in manifest.arrays.items()}
+        try:
+            new = self._rebuild(src, lengths, final=False)
+        finally:
+            os.close(fd)
+        self._commit_file(new, manifest, attribute=True)
+        self._install(new)
+
+    def _adopt(self, manifest: Manifest) -> None:
+        """Give a file without a commit record one: copy its datasets into a new file."""
+        where = os.fspath(self.root)
+        try:
+            h5 = h5py.File(self.root, "r", locking=False)  # we hold the store's lock
+        except Exception as err:
+            raise CorruptStoreError(where, f"HDF5 cannot open the file ({err})") from None
+        dst = self._new_file(self._sibling(".rebuild"))
+        try:
+            with h5:
+                for name, spec in manifest.arrays.items():
+                    dset = h5.get(name)
+                    if not isinstance(dset, h5py.Dataset) or dset.shape[0] < spec.length:
+                        raise CorruptStoreError(where, f"dataset {name!r} is missing or short")
+                    new = _Array(name, spec.dtype, spec.shape, "contiguous")
+                    self._create(dst, new, spec.length)
+                    step = max((64 * 2**20) // max(spec.row_nbytes, 1), 1)
+                    for start in range(0, spec.length if new.row_nbytes else 0, step):
+                        stop = min(start + step, spec.length)
+                        block = np.asarray(dset[start:stop])
+                        _write_into(dst, new, start, block.view(spec.dtype))
+        except BaseException:
+            dst.close()
+            with contextlib.suppress(OSError):
+                dst.path.unlink()
+            raise
+        self._commit_file(dst, manifest, attribute=True)
+        self._install(dst)
+
+    def destroy(self) -> None:
+        """Remove what a writer that never committed made (the file beside the store)."""
+        self.close()
+        if not self._published:
+            with contextlib.suppress(FileNotFoundError):
+                self._sibling(".partial").unlink()
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._final is not None:
+                self._final.close()
+                with contextlib.suppress(OSError):
+                    self._final.path.unlink()
+                self._final = None
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+class _NoH5:
+    """Stands in for h5py's handle of a file whose HDF5 metadata cannot be trusted."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _write_into(f: _File, arr: _Array, start: int, values: np.ndarray) -> None:
+    """Write rows into ``arr`` of file ``f`` at their offsets (its storage is there)."""
+    if not arr.row_nbytes or not len(values):
+        return
+    data = np.ascontiguousarray(values)
+    if data.dtype != arr.dtype:
+        data = data.astype(arr.dtype)
+    buf = data.reshape(-1).view(np.uint8)
+    row = arr.row_nbytes
+    for lo, hi, off in arr.pieces(start, start + len(data)):
+        pwrite_all(f.fd, buf[(lo - start) * row : (hi - start) * row], off, f.path)
+
+
+def _chunk_offsets(dset: h5py.Dataset, first_row: int) -> dict[int, tuple[int, int]]:
+    """First row -> (file offset, bytes) of every allocated chunk from ``first_row`` on."""
+    out: dict[int, tuple[int, int]] = {}
+
+    def visit(info: Any) -> None:
+        row = int(info.chunk_offset[0])
+        if row >= first_row and info.byte_offset is not None:
+            out[row] = (int(info.byte_offset), int(info.size))
+
+    if hasattr(dset.id, "chunk_iter"):  # HDF5 >= 1.14: one pass in C
+        dset.id.chunk_iter(visit)
+    else:  # each lookup walks the index: quadratic, only for old HDF5
+        zeros = (0,) * (dset.ndim - 1)
+        for row in range(first_row, dset.shape[0], dset.chunks[0]):
+            visit(dset.id.get_chunk_info_by_coord((row, *zeros)))
+    return out
+
+
+def _match(dset: Any, name: str, spec: ArraySpec, lay: _Layout) -> tuple[_Array | None, str]:
+    """The writer's state of dataset ``dset`` if it holds ``name`` as the record says."""
+    if not isinstance(dset, h5py.Dataset):
+        return None, f"{name!r} is not a dataset"
+    if _stored_dtype(dset) != spec.dtype or dset.shape[1:] != spec.shape:
+        return None, f"{name!r} has dtype {dset.dtype} and rows {dset.shape[1:]}"
+    if dset.compression is not None:
+        return None, f"{name!r} is compressed"
+    arr = _Array(name, spec.dtype, spec.shape, lay.layout, lay.chunk_rows)
+    arr.allocated = arr.requested = dset.shape[0]
+    if arr.layout == "empty":
+        return arr, ""
+    if dset.chunks is None:
+        off = dset.id.get_offset() if arr.allocated else None
+        if lay.layout != "contiguous" or (arr.allocated and off is None):
+            return None, f"{name!r} is contiguous, the record says {lay.layout}"
+        if off is not None:
+            arr.extents = [[0, arr.allocated, int(off)]]
+    else:
+        c = dset.chunks[0]
+        if lay.layout != "chunked" or c != lay.chunk_rows or dset.chunks[1:] != spec.shape:
+            return None, f"{name!r} has chunks {dset.chunks}, the record says {lay.chunk_rows}"
+        chunks = _chunk_offsets(dset, 0)
+        for k in range(-(-arr.allocated // c)):
+            off, size = chunks.get(k * c, (None, 0))
+            if off is None or size != c * arr.row_nbytes:
+                return None, f"chunk {k} of {name!r} is not allocated whole"
+            arr.add_extent(k * c, c, off)
+    if not _same_rows(arr, lay, spec.length):
+        return None, f"{name!r} keeps its committed rows elsewhere than the record says"
+    return arr, ""
+
+
+def _same_rows(arr: _Array, lay: _Layout, length: int) -> bool:
+    """Do ``arr``'s extents put rows ``[0, length)`` where the record's extents do?"""
+    ref = _Array(arr.name, arr.dtype, arr.shape, lay.layout, lay.chunk_rows)
+    ref.extents = lay.extents
+    try:
+        mine = [(lo, off) for lo, _, off in arr.pieces(0, length)]
+        theirs = [(lo, off) for lo, _, off in ref.pieces(0, length)]
+    except IndexError:
+        return False
+    return mine == theirs
+
+
+def _copy_rows(src_fd: int, src: _Array, dst_fd: int, dst: _Array, rows: int, path: Path) -> None:
+    """Copy rows ``[0, rows)`` of ``src`` into ``dst`` (kernel-side where it can)."""
+    if not src.row_nbytes or rows <= 0:
+        return
+    row = src.row_nbytes
+    for lo, hi, soff in src.pieces(0, rows):
+        for dlo, dhi, doff in dst.pieces(lo, hi):
+            _copy_bytes(src_fd, soff + (dlo - lo) * row, dst_fd, doff, (dhi - dlo) * row, path)
+
+
+def _copy_bytes(src_fd: int, src_off: int, dst_fd: int, dst_off: int, n: int, path: Path) -> None:
+    done = 0
+    use_kernel = hasattr(os, "copy_file_range")
+    while done < n:
+        k = 0
+        if use_kernel:
+            try:
+                k = os.copy_file_range(
+                    src_fd, dst_fd, min(n - done, 2**30), src_off + done, dst_off + done
+                )
+            except OSError as err:
+                if err.errno in _NOSPACE:
+                    raise DiskFullError(os.fspath(path)) from err
+                use_kernel = False  # EXDEV, EINVAL, ENOSYS...: copy through memory
+                continue
+            if k == 0:
+                use_kernel = False
+                continue
+        else:
+            block = os.pread(src_fd, min(n - done, 64 * 2**20), src_off + done)
+            if not block:
+                raise CorruptStoreError(os.fspath(path), "the file ends inside committed rows")
+            pwrite_all(dst_fd, block, dst_off + done, path)
+            k = len(block)
+        done += k

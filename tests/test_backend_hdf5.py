@@ -1,0 +1,493 @@
+"""HDF5-only checks: open formats (h5py, h5dump), layouts, the commit record, kills and readers.
+
+The shared suites (round trips, ragged, crash, concurrency) run on HDF5 through ``BACKENDS``;
+this file checks what only the HDF5 backend promises: a store is a plain HDF5 file, contiguous
+datasets are memory-mapped, committed rows survive torn HDF5 metadata and torn commit slots,
+a writer killed at random instants leaves a store that opens and resumes, and a reader in
+another process follows a writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+
+import oocstore
+from oocstore.backends import hdf5 as hdf5_backend
+from oocstore.backends.hdf5 import ATTRIBUTE, DROPPED_GROUP, Hdf5Backend
+
+H5DUMP = shutil.which("h5dump")
+H5LS = shutil.which("h5ls")
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal dtype, shape and bytes (NaN and NaT equal themselves)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def fields() -> dict[str, np.ndarray]:
+    """One field per kind of dtype the backend stores, 12 samples each."""
+    n = 12
+    return {
+        "img": np.arange(n * 3 * 4, dtype=np.uint8).reshape(n, 3, 4),
+        "f32": np.linspace(-1, 1, n * 2, dtype=np.float32).reshape(n, 2),
+        "big": np.arange(n, dtype=">i4"),
+        "flag": np.arange(n) % 3 == 0,
+        "z": (np.arange(n) + 1j * np.arange(n)).astype(np.complex64),
+        "when": np.arange(n).astype("datetime64[s]"),
+        "word": np.array([f"w{i}" for i in range(n)], dtype="U3"),
+        "raw": np.array([b"ab%d" % i for i in range(n)], dtype="S4"),
+        "rec": np.array([(i, i / 2) for i in range(n)], dtype=[("a", "<i2"), ("b", "<f8")]),
+    }
+
+
+def write_fields(path: Path, *, length: int | None = None) -> dict[str, np.ndarray]:
+    data = fields()
+    batches = [{k: v[i : i + 5] for k, v in data.items()} for i in range(0, 12, 5)]
+    oocstore.write(batches, path, length=length).close()
+    return data
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_plain_h5py_reads_every_field(tmp_path: Path, known: bool) -> None:
+    path = tmp_path / "s.h5"
+    data = write_fields(path, length=12 if known else None)
+    with h5py.File(path, "r") as f:
+        assert sorted(f.keys()) == sorted(data)
+        for name, values in data.items():
+            assert same(f[name][()], values), name
+        doc = json.loads(f.attrs[ATTRIBUTE])
+    assert doc["format"] == "oocstore"
+    assert doc["length"] == 12
+    assert doc["complete"] is True
+    store = oocstore.open(path)
+    for name, values in data.items():
+        assert same(store[name][:], values), name
+
+
+@pytest.mark.skipif(H5DUMP is None or H5LS is None, reason="h5dump/h5ls not installed")
+def test_h5dump_and_h5ls_read_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    x = np.arange(24, dtype=np.int32).reshape(6, 4)
+    oocstore.write([(x[:4], np.arange(4)), (x[4:], np.arange(4, 6))], path, names=("x", "y"))
+    listing = subprocess.run([H5LS, str(path)], capture_output=True, text=True, check=True)
+    assert "x" in listing.stdout
+    assert "{6, 4}" in listing.stdout.replace("/Inf", "")
+    dump = subprocess.run(
+        [H5DUMP, "-d", "/x", "-w", "0", str(path)], capture_output=True, text=True, check=True
+    )
+    rows = [line for line in dump.stdout.splitlines() if line.strip().startswith("(")]
+    values = [int(v) for line in rows for v in line.split(":", 1)[1].replace(",", " ").split()]
+    assert values == x.ravel().tolist()
+    header = subprocess.run(
+        [H5DUMP, "-A", "-H", str(path)], capture_output=True, text=True, check=True
+    )
+    assert f'ATTRIBUTE "{ATTRIBUTE}"' in header.stdout
+
+
+def test_known_length_is_contiguous_and_memory_mapped(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    x = np.random.default_rng(0).random((100, 8), dtype=np.float64)
+    oocstore.write([x[:40], x[40:]], path, length=100, names=("x",))
+    with h5py.File(path, "r") as f:
+        dset = f["x"]
+        assert dset.chunks is None  # contiguous
+        offset = dset.id.get_offset()
+    assert offset % 64 == 0  # aligned for any dtype
+    view = oocstore.open(path)["x"]
+    assert isinstance(view, np.memmap)
+    assert view.offset == offset
+    assert not view.flags.writeable
+    assert same(view, x)
+
+
+def test_unknown_length_is_chunked_resizable_and_trimmed(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    x = np.arange(3000 * 50, dtype=np.float32).reshape(3000, 50)
+    oocstore.write((x[i : i + 128] for i in range(0, 3000, 128)), path, names=("x",))
+    with h5py.File(path, "r") as f:
+        dset = f["x"]
+        assert dset.shape == x.shape  # trimmed to the exact length on close
+        assert dset.maxshape == (None, 50)
+        assert dset.chunks is not None
+        assert dset.chunks[1:] == (50,)
+        assert 2**16 <= dset.chunks[0] * 200 <= 8 * 2**20  # whole samples, 64 KiB to 8 MiB
+        assert dset.compression is None
+    store = oocstore.open(path)
+    assert same(store["x"][:], x)
+    assert same(store["x"][[5, 2999, 0]], x[[5, 2999, 0]])
+
+
+def test_chunks_option_sets_rows_per_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    oocstore.write((np.ones((10, 300)) for _ in range(5)), path, names=("x",), chunks=7)
+    with h5py.File(path, "r") as f:
+        assert f["x"].chunks == (7, 300)
+
+
+def test_compression_is_refused_with_advice(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"uncompressed.*h5repack"):
+        oocstore.Writer(tmp_path / "s.h5", compressors="gzip")
+
+
+def test_only_committed_rows_are_shown(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    w = oocstore.Writer(path, names=("x",), commit_seconds=3600.0)
+    try:
+        w.append(np.arange(10.0).reshape(10, 1))
+        w.commit()
+        w.append(np.arange(10.0, 17.0).reshape(7, 1))  # appended, not committed
+        store = oocstore.open(path)
+        assert len(store) == 10
+        assert store["x"].shape == (10, 1)
+        assert same(store["x"][:], np.arange(10.0).reshape(10, 1))
+        with pytest.raises(IndexError):
+            store["x"][10]
+    finally:
+        w.close()
+    assert len(oocstore.open(path)) == 17
+
+
+def test_store_is_one_file_with_a_hidden_lock_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    oocstore.write([np.zeros((3, 2))], path)
+    assert path.is_file()
+    assert Hdf5Backend.lock_path(path) == tmp_path / ".s.h5.lock"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".s.h5.lock", "s.h5"]
+
+
+def test_outgrowing_or_missing_the_declared_length(tmp_path: Path) -> None:
+    x = np.arange(300 * 4, dtype=np.int16).reshape(300, 4)
+    for n, declared in ((300, 100), (60, 100)):
+        path = tmp_path / f"s{n}.h5"
+        store = oocstore.write(
+            (x[i : min(i + 32, n)] for i in range(0, n, 32)), path, length=declared
+        )
+        assert same(store["0"][:], x[:n])
+        assert isinstance(store["0"], np.memmap)  # close() rewrote it contiguous
+        with h5py.File(path, "r") as f:
+            assert f["0"].shape == (n, 4)
+            assert f["0"].chunks is None
+            assert DROPPED_GROUP not in f
+
+
+def test_field_turning_ragged_is_compacted_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    images = [np.full((4, 4), i, np.uint8) for i in range(20)] + [np.full((6, 2), 20, np.uint8)]
+    w = oocstore.Writer(path, names=("img", "label"), commit_seconds=3600.0)
+    w.append((images[:20], np.arange(20)))
+    w.commit()
+    early = oocstore.open(path)  # maps the dense dataset that the ragged layout replaces
+    w.append((images[20:], np.array([20])))
+    w.close()
+    assert same(early["img"][:], np.stack(images[:20]))  # the old file stays valid for it
+    store = oocstore.open(path)
+    assert store.layout("img") == "padded"
+    for i, image in enumerate(images):
+        assert same(store.sample("img", i), image)
+    with h5py.File(path, "r") as f:
+        assert sorted(f.keys()) == ["img", "img.shapes", "label"]
+        assert f["img"].shape == (21, 6, 4)
+
+
+def test_torn_hdf5_metadata_opens_from_the_record_and_resume_rebuilds(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    x = np.arange(500 * 6, dtype=np.float32).reshape(500, 6)
+    w = oocstore.Writer(path, names=("x",), commit_seconds=3600.0)
+    w.append(x[:300])
+    w.abort()  # commits and leaves the store incomplete, as a killed writer would
+    with path.open("r+b") as f:  # wreck the HDF5 superblock: HDF5 cannot open the file
+        f.seek(hdf5_backend.USERBLOCK_BYTES)
+        f.write(b"\0" * 96)
+    with pytest.raises(OSError):
+        h5py.File(path, "r")
+    store = oocstore.open(path)
+    assert same(store["x"][:], x[:300])
+    again = oocstore.write([x[:250], x[250:]], path, names=("x",), resume=True)
+    assert same(again["x"][:], x)
+    with h5py.File(path, "r") as f:
+        assert same(f["x"][()], x)
+
+
+def test_torn_commit_slot_falls_back_to_the_commit_before(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    w = oocstore.Writer(path, names=("x",), commit_seconds=3600.0)
+    w.append(np.ones((5, 2)))
+    w.commit()
+    w.append(np.ones((4, 2)))
+    w.commit()
+    try:
+        assert len(oocstore.open(path)) == 9
+        seq = oocstore.open(path).manifest.extra["hdf5"]["seq"]
+        slot = (hdf5_backend.USERBLOCK_BYTES - hdf5_backend.HEADER_BYTES) // 2
+        with path.open("r+b") as f:  # flip a byte of the newest slot, as a torn write would
+            f.seek(hdf5_backend.HEADER_BYTES + (seq % 2) * slot + 64)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        store = oocstore.open(path)
+        assert len(store) == 5  # the commit before the torn one
+        assert store.manifest.extra["hdf5"]["seq"] == seq - 1
+        assert same(store["x"][:], np.ones((5, 2)))
+    finally:
+        w.close()
+    assert len(oocstore.open(path)) == 9
+
+
+def test_file_without_userblock_opens_through_the_attribute(tmp_path: Path) -> None:
+    """A file rewritten by HDF5 tools (h5repack drops the userblock) is still a store."""
+    path = tmp_path / "s.h5"
+    data = write_fields(path)
+    copy = tmp_path / "copy.h5"
+    with h5py.File(path, "r") as src, h5py.File(copy, "w") as dst:
+        for name in src:
+            src.copy(name, dst)
+        dst.attrs[ATTRIBUTE] = src.attrs[ATTRIBUTE]
+    store = oocstore.open(copy)
+    for name, values in data.items():
+        assert same(store[name][:], values), name
+    longer = {k: np.concatenate([v, v[:3]]) for k, v in data.items()}
+    again = oocstore.write([longer], copy, resume=True)  # resuming gives it a commit record
+    assert len(again) == 15
+    with copy.open("rb") as f:
+        assert f.read(16) == hdf5_backend._MAGIC
+
+
+def test_not_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "plain.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.arange(3)
+    assert not Hdf5Backend.holds_store(path)
+    with pytest.raises(oocstore.UnknownBackendError):
+        oocstore.open(path)
+
+
+def test_tampered_extents_are_a_corrupt_store(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    oocstore.write([np.ones((5, 2))], path)
+    manifest = Hdf5Backend.read_manifest(path)
+    manifest.extra["hdf5"]["arrays"]["0"]["extents"][0][2] = os.path.getsize(path) - 8
+    with pytest.raises(oocstore.CorruptStoreError, match="past the end of the file"):
+        Hdf5Backend.open_arrays(path, manifest)
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+WRITER = r"""
+import os, sys, json, numpy as np, oocstore
+from oocstore.backends.hdf5 import Hdf5Backend
+cfg = json.loads(sys.argv[1])
+real = Hdf5Backend.write_manifest
+def report(self, manifest):
+    real(self, manifest)
+    os.write(1, f"M {manifest.length}\n".encode())
+Hdf5Backend.write_manifest = report
+
+def batches(n_batches):
+    start = 0
+    for i in range(n_batches):
+        n = 1 + (i * 37) % 53
+        g = np.arange(start, start + n)
+        yield (g[:, None] * 3 + np.arange(256)).astype(np.float32), g
+        start += n
+        if cfg["pause"]:
+            import time; time.sleep(cfg["pause"])
+
+length = sum(1 + (i * 37) % 53 for i in range(cfg["n"])) if cfg["known"] else None
+w = oocstore.Writer(cfg["path"], names=("x", "y"), length=length, resume=cfg["resume"],
+                    commit_bytes=cfg["commit"], commit_seconds=3600.0)
+os.write(1, b"S\n")
+w.extend(batches(cfg["n"]))
+w.close()
+os.write(1, b"D\n")
+"""
+
+
+def expected_rows(n: int) -> tuple[np.ndarray, np.ndarray]:
+    g = np.arange(n)
+    return (g[:, None] * 3 + np.arange(256)).astype(np.float32), g
+
+
+def total_rows(n_batches: int) -> int:
+    return sum(1 + (i * 37) % 53 for i in range(n_batches))
+
+
+def run_writer(cfg: dict[str, Any], kill_after: float | None) -> tuple[int, bool]:
+    """Run a writer process; SIGKILL it ``kill_after`` seconds after it holds the store."""
+    with subprocess.Popen(
+        [sys.executable, "-c", WRITER, json.dumps(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        return _follow(proc, kill_after)
+
+
+def _follow(proc: subprocess.Popen[bytes], kill_after: float | None) -> tuple[int, bool]:
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    out = b""
+    kill_at: float | None = None
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.005)
+        if ready:
+            out += os.read(proc.stdout.fileno(), 65536)
+        if kill_at is None and b"S\n" in out and kill_after is not None:
+            kill_at = time.monotonic() + kill_after
+        if kill_at is not None and time.monotonic() >= kill_at:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    out += proc.stdout.read()
+    err = proc.stderr.read()
+    lines = out.decode().split()
+    commits = [int(lines[i + 1]) for i, tok in enumerate(lines) if tok == "M"]
+    if kill_after is None:
+        assert proc.returncode == 0, err.decode()
+    return (max(commits) if commits else -1), "D" in lines
+
+
+@pytest.mark.crash
+def test_random_sigkills_then_open_and_resume(tmp_path: Path) -> None:
+    """Kill writers at random instants: the store opens with exactly its last commit (at
+    least the last one reported), never a row beyond, and resume completes it."""
+    rng = random.Random(4)
+    n_batches = 160
+    total = total_rows(n_batches)
+    x_all, y_all = expected_rows(total)
+    outcomes = []
+    for trial in range(8):
+        path = tmp_path / f"t{trial}.h5"
+        cfg = {
+            "path": os.fspath(path),
+            "n": n_batches,
+            "known": trial % 2 == 0,
+            "resume": False,
+            "commit": 2**18,
+            "pause": 0.0,
+        }
+        committed, finished = run_writer(cfg, rng.uniform(0.0, 0.35))
+        outcomes.append((committed, finished))
+        if not path.exists():
+            assert committed < 0  # killed before its first commit: no store at all
+            continue
+        store = oocstore.open(path)
+        n = len(store)
+        assert n >= committed
+        assert same(store["x"][:], x_all[:n])
+        assert same(store["y"][:], y_all[:n])
+        cfg["resume"] = True
+        run_writer(cfg, None)
+        done = oocstore.open(path)
+        assert done.complete
+        assert same(done["x"][:], x_all)
+        assert same(done["y"][:], y_all)
+    assert any(0 <= c < total for c, f in outcomes if not f)  # some kills landed mid-write
+
+
+READER = r"""
+import sys, time, numpy as np, oocstore
+path, total = sys.argv[1], int(sys.argv[2])
+seen = []
+deadline = time.monotonic() + 60
+store = None
+while time.monotonic() < deadline:
+    try:
+        store = store or oocstore.open(path)
+    except (oocstore.UnknownBackendError, oocstore.StoreNotFoundError):
+        time.sleep(0.005)
+        continue
+    store.refresh()
+    n = len(store)
+    assert not seen or n >= seen[-1], (n, seen[-1])
+    g = np.arange(n)
+    x = np.asarray(store["x"][:])
+    assert (x == (g[:, None] * 3 + np.arange(256)).astype(np.float32)).all()
+    assert (np.asarray(store["y"][:]) == g).all()
+    if not seen or n != seen[-1]:
+        seen.append(n)
+    if store.complete:
+        break
+    time.sleep(0.002)
+assert store is not None and store.complete and len(store) == total, seen
+print(len(seen))
+"""
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_reader_process_follows_a_writer(tmp_path: Path, known: bool) -> None:
+    path = tmp_path / "s.h5"
+    n_batches = 120
+    total = total_rows(n_batches)
+    cfg = {
+        "path": os.fspath(path),
+        "n": n_batches,
+        "known": known,
+        "resume": False,
+        "commit": 2**17,
+        "pause": 0.003,
+    }
+    with subprocess.Popen(
+        [sys.executable, "-c", READER, os.fspath(path), str(total)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as reader:
+        run_writer(cfg, None)
+        out, err = reader.communicate(timeout=120)
+    assert reader.returncode == 0, err
+    assert int(out) >= 3  # it saw several commits, not only the end
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_full_disk_is_disk_full_error_and_resumable(tmp_path: Path) -> None:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        filler = mnt / "filler"
+        filler.write_bytes(b"\1" * 6 * 2**20)
+        path = mnt / "s.h5"
+        code = WRITER.replace("w.extend(", "try:\n    w.extend(").replace(
+            "w.close()\n",
+            "    w.close()\nexcept oocstore.DiskFullError as e:\n    print('FULL', e.errno)\n",
+        )
+        cfg = {"path": os.fspath(path), "n": 2000, "known": False, "resume": False}
+        cfg.update(commit=2**20, pause=0.0)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(cfg)], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr  # an exception: no signal, no crash at exit
+        assert "FULL 28" in proc.stdout
+        store = oocstore.open(path)
+        n = len(store)
+        x_all, y_all = expected_rows(n)
+        assert n > 0
+        assert same(store["x"][:], x_all)
+        store.close()
+        filler.unlink()  # free space, then resume a little further
+        more = next(b for b in range(2000) if total_rows(b) >= n + 2000)
+        cfg.update(resume=True, n=more)
+        run_writer(cfg, None)
+        done = oocstore.open(path)
+        x_all, y_all = expected_rows(total_rows(more))
+        assert done.complete
+        assert same(done["x"][:], x_all)
+        assert same(done["y"][:], y_all)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
