@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +24,8 @@ FORMAT = "oocstore"
 VERSION = 1
 MAX_MANIFEST_BYTES = 16 * 2**20
 MAX_DEPTH = 32
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
 LayoutKind = Literal["dense", "padded", "packed"]
 _ARRAY_SUFFIXES = ("", ".shapes", ".values", ".offsets")
 
@@ -289,22 +292,16 @@ def _fill_from_json(obj: Any) -> Any:
 
 
 def _json_depth(text: str) -> int:
-    """Deepest nesting of ``[``/``{`` outside strings, without recursing."""
+    """Deepest nesting of ``[``/``{`` outside strings, without recursing.
+
+    Strings are cut out by one regex and only the brackets are walked, so the scan costs
+    little even for a manifest with many checksum spans (it runs at every open and refresh).
+    """
     depth = deepest = 0
-    in_str = escaped = False
-    for ch in text:
-        if in_str:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
+    for ch in _BRACKETS.findall(_STRINGS.sub("", text)):
+        if ch in "[{":
             depth += 1
             deepest = max(deepest, depth)
-        elif ch in "]}":
+        else:
             depth -= 1
     return deepest

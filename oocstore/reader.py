@@ -224,6 +224,13 @@ class Store:
 
     # -- data --------------------------------------------------------------------------------
 
+    def resolve_fields(self, fields: Sequence[str] | None = None) -> tuple[str, ...]:
+        """``fields`` as a tuple (all fields when None); KeyError naming any unknown one."""
+        names = tuple(fields) if fields is not None else self.fields
+        for f in names:
+            self._check_field(f)
+        return names
+
     def _check_field(self, field: str) -> None:
         if field not in self._manifest.schema:
             msg = f"no field {field!r} in store {str(self.path)!r}; fields: {list(self.fields)}"
@@ -314,10 +321,7 @@ class Store:
         if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
             msg = f"batch_size must be a positive integer, not {batch_size!r}"
             raise ValueError(msg)
-        names = tuple(fields) if fields is not None else self.fields
-        for f in names:
-            self._check_field(f)
-        arrays = [self[f] for f in names]
+        arrays = [self[f] for f in self.resolve_fields(fields)]
         for start in range(0, len(self), batch_size):
             stop = min(start + batch_size, len(self))
             yield tuple(

@@ -395,6 +395,16 @@ sys.stdin.read()
 )
 
 
+def reap(proc: subprocess.Popen[bytes]) -> None:
+    """Kill ``proc`` if it still runs and close its pipes."""
+    if proc.returncode is None:
+        proc.kill()
+        proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            pipe.close()
+
+
 def _source(kind: str, n_batches: int) -> Any:
     return SRC["batches"](kind, n_batches)
 
@@ -430,12 +440,7 @@ def test_second_writer_is_locked_out(store_path: Path) -> None:
         holder.wait(timeout=TIMEOUT)
         assert holder.returncode == -signal.SIGKILL
     finally:
-        if holder.returncode is None:
-            holder.kill()
-            holder.wait()
-        for pipe in (holder.stdin, holder.stdout):
-            if pipe is not None:
-                pipe.close()
+        reap(holder)
 
     # The kernel dropped the dead holder's flock: no stale lock.
     with oocstore.Writer(store_path, names=("x", "y"), resume=True) as w:
@@ -465,12 +470,7 @@ def test_lock_before_the_first_commit(store_path: Path) -> None:
         holder.kill()
         holder.wait(timeout=TIMEOUT)
     finally:
-        if holder.returncode is None:
-            holder.kill()
-            holder.wait()
-        for pipe in (holder.stdin, holder.stdout):
-            if pipe is not None:
-                pipe.close()
+        reap(holder)
     store = oocstore.write(_source("dense", 4), store_path, names=("x", "y"))
     with store:
         assert store.complete

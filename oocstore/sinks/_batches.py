@@ -71,11 +71,7 @@ class Batches:
             msg = f"window and block_rows must be positive, not {window!r} and {block_rows!r}"
             raise ValueError(msg)
         self.store = store
-        self.fields = tuple(fields) if fields is not None else store.fields
-        for f in self.fields:
-            if f not in store:
-                msg = f"no field {f!r} in store {str(store.path)!r}; fields: {list(store.fields)}"
-                raise KeyError(msg)
+        self.fields = store.resolve_fields(fields)
         self.length = len(store)
         """Samples covered (the store's committed length when this was made)."""
         self.batch_size = int(batch_size)

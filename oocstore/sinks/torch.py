@@ -112,11 +112,7 @@ class StoreDataset(Dataset[Any]):
         transform: Callable[[tuple[torch.Tensor, ...]], Any] | None = None,
     ) -> None:
         self.store = store
-        self.fields = tuple(fields) if fields is not None else store.fields
-        for f in self.fields:
-            if f not in store:
-                msg = f"no field {f!r} in store {str(store.path)!r}; fields: {list(store.fields)}"
-                raise KeyError(msg)
+        self.fields = store.resolve_fields(fields)
         self.transform = transform
         self.length = len(store)
         self._readers: list[Reader] | None = None
