@@ -80,7 +80,7 @@ class _StagedArray:
         self.shape = shape
         self.row_nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         self.capacity = capacity
-        self.chunk_rows = max(backend.chunk_rows(name), 1)
+        self.chunk_rows = max(backend.write_unit_rows(name), 1)
         self.stage_rows = sizing.stage_rows(self.row_nbytes, budget, self.chunk_rows)
         # Runs this long skip the stage: a copy would cost more than the extra syscall.
         self.direct_rows = min(

@@ -149,8 +149,16 @@ class Backend(ABC):
         return max(rows, 1)
 
     def chunk_rows(self, name: str) -> int:
-        """Rows per chunk of array ``name``: the writer writes whole chunks where it can."""
+        """Rows per chunk (or shard) of array ``name`` along the sample axis."""
         return 1
+
+    def write_unit_rows(self, name: str) -> int:
+        """Rows a write should start at and span multiples of, so no chunk is rewritten.
+
+        The writer stages small batches up to whole units; 1 means any run of rows can be
+        written in place at its offset, so batches go straight through without a copy.
+        """
+        return self.chunk_rows(name)
 
     @abstractmethod
     def sync(self, lengths: dict[str, int]) -> None:

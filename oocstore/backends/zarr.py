@@ -1008,8 +1008,14 @@ class ZarrBackend(Backend):
         self._drop(name)
 
     def chunk_rows(self, name: str) -> int:
-        # The writer writes whole units: a shard when sharded (one file), else a chunk.
+        # A shard when sharded (one file), else a chunk.
         return self._arrays[name].layout.unit_rows
+
+    def write_unit_rows(self, name: str) -> int:
+        # Uncompressed chunks take rows at their offsets (_write_in_place): no staging copy
+        # to whole chunks; encoded ones are written whole, never read back and rewritten.
+        lay = self._arrays[name].layout
+        return 1 if lay.in_place else lay.unit_rows
 
     def reserve(self, name: str, capacity: int) -> None:
         # Growth is a change of the shape in zarr.json, written at the next sync; chunk files

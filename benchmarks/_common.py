@@ -1,0 +1,63 @@
+"""What every benchmark here needs: a cold page cache, warmed memory, peak RSS.
+
+This VM hands freed memory back to its host and memory touched again is ~20x slower for a
+while, so before each timed part the benchmarks drop the page cache and then warm as much
+memory (anonymous and page cache) as the part is about to use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def drop_caches() -> bool:
+    """``sync`` and, as root, drop the page cache; whether it was dropped."""
+    os.sync()
+    try:
+        DROP_CACHES.write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def warm_memory(nbytes: int) -> None:
+    """Touch ``nbytes`` of fresh anonymous memory (staging buffers will reuse it)."""
+    buf = np.ones(max(nbytes, 1), dtype=np.uint8)
+    buf[::4096] = 2
+    del buf
+
+
+def warm_page_cache(scratch_dir: Path, nbytes: int, block: int = 8 << 20) -> None:
+    """Write ``nbytes`` of page cache into a scratch file and delete it before writeback."""
+    buf = np.ones(block, dtype=np.uint8)
+    scratch = scratch_dir / "scratch.tmp"
+    try:
+        with scratch.open("wb") as f:
+            for _ in range(-(-nbytes // block)):
+                f.write(buf.data)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            scratch.unlink()  # dirty pages of a deleted file are dropped, never written
+
+
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def vm_hwm_mb() -> float:
+    """This process's peak RSS (VmHWM) in MB."""
+    return _status_mb("VmHWM:")
+
+
+def vm_rss_mb() -> float:
+    """This process's current RSS in MB."""
+    return _status_mb("VmRSS:")
