@@ -23,24 +23,45 @@ class StoreLock:
 
     def acquire(self) -> None:
         """Take the lock, or raise :class:`StoreLockedError` naming the holder's pid."""
-        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = None
-            with contextlib.suppress(OSError, ValueError):
-                pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+        while True:
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = None
+                with contextlib.suppress(OSError, ValueError):
+                    pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+                os.close(fd)
+                raise StoreLockedError(os.fspath(self.store), pid) from None
+            if self._is_current(fd):
+                break
+            # The holder removed the file between our open and flock: lock the new one.
             os.close(fd)
-            raise StoreLockedError(os.fspath(self.store), pid) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
-    def release(self) -> None:
-        """Drop the lock (the file stays: unlinking it would race with a new holder)."""
+    def _is_current(self, fd: int) -> bool:
+        """Is ``fd`` still the file at ``self.path`` (not one unlinked by its last holder)?"""
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def release(self, *, remove: bool = False) -> None:
+        """Drop the lock; with ``remove``, delete its file first (while still holding it).
+
+        Removing is safe because :meth:`acquire` checks, once it holds a lock, that the file
+        it locked is still the one at the path.
+        """
         if self._fd is not None:
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
+                if remove:
+                    os.unlink(self.path)
+                else:
+                    os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
 

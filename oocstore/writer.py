@@ -948,7 +948,8 @@ class Writer:
         for fw in self._fields.values():
             for a in fw.arrays.values():
                 a.release_buffer()
-        self._lock.release()
+        # A lock file beside the store (zarr, hdf5) goes with the writer; one inside stays.
+        self._lock.release(remove=self._lock.path.parent != self.path)
 
     def __enter__(self) -> Writer:
         if self._progress_flag is not False and self._progress is None:

@@ -511,3 +511,40 @@ def test_store_crosses_into_a_process_pool(store_path: Path) -> None:
                 assert np.array_equal(fut.result(timeout=TIMEOUT), x[i])
             for i, fut in zip(picks, ims, strict=True):
                 assert np.array_equal(fut.result(timeout=TIMEOUT), imgs[i])
+
+
+def test_no_lock_file_is_left_beside_a_store(store_path: Path) -> None:
+    """A closed writer, and one whose source was empty, leave nothing beside the store."""
+    parent = store_path.parent
+    with pytest.raises(oocstore.EmptySourceError):
+        oocstore.write(iter([]), store_path)
+    assert sorted(p.name for p in parent.iterdir()) == []
+    oocstore.write(_source("dense", 2), store_path, names=("x", "y")).close()
+    assert sorted(p.name for p in parent.iterdir()) == [store_path.name]
+    with oocstore.Writer(store_path, names=("x", "y"), resume=True) as w:
+        w.extend(_source("dense", 3))
+    assert sorted(p.name for p in parent.iterdir()) == [store_path.name]
+
+
+def test_a_lock_whose_file_was_removed_is_not_held_twice(tmp_path: Path) -> None:
+    """A process that opened the lock file just before its holder removed it must not hold
+    the removed file's lock while another process holds the new file's."""
+    from oocstore._lock import StoreLock
+
+    path = tmp_path / ".s.lock"
+    first = StoreLock(path, tmp_path / "s")
+    first.acquire()
+    stale = os.open(path, os.O_RDWR)  # a second process's open, before its flock
+    first.release(remove=True)
+    assert not path.exists()
+    second = StoreLock(path, tmp_path / "s")
+    second.acquire()  # creates and locks a new file
+    try:
+        # The stale descriptor can flock the unlinked inode, but that is not the lock:
+        assert not second._is_current(stale)
+        third = StoreLock(path, tmp_path / "s")
+        with pytest.raises(oocstore.StoreLockedError):
+            third.acquire()
+    finally:
+        os.close(stale)
+        second.release()
