@@ -162,12 +162,14 @@ def test_only_committed_rows_are_shown(tmp_path: Path) -> None:
     assert len(oocstore.open(path)) == 17
 
 
-def test_store_is_one_file_with_a_hidden_lock_beside_it(tmp_path: Path) -> None:
+def test_store_is_one_file_with_a_hidden_lock_beside_it_while_written(tmp_path: Path) -> None:
     path = tmp_path / "s.h5"
-    oocstore.write([np.zeros((3, 2))], path)
-    assert path.is_file()
-    assert Hdf5Backend.lock_path(path) == tmp_path / ".s.h5.lock"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".s.h5.lock", "s.h5"]
+    with oocstore.Writer(path) as w:
+        w.append(np.zeros((3, 2)))
+        assert path.is_file()
+        assert Hdf5Backend.lock_path(path) == tmp_path / ".s.h5.lock"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".s.h5.lock", "s.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
 
 
 def test_outgrowing_or_missing_the_declared_length(tmp_path: Path) -> None:
