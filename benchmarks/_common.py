@@ -61,3 +61,19 @@ def vm_hwm_mb() -> float:
 def vm_rss_mb() -> float:
     """This process's current RSS in MB."""
     return _status_mb("VmRSS:")
+
+
+def replace_section(path: Path, title: str, section: str) -> None:
+    """Replace the markdown section starting at ``title`` in ``path`` (or append it).
+
+    A section runs to the next ``## `` heading; the rest of the file is left as it is.
+    """
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = text.find(title)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(title))
+        rest = "" if end < 0 else text[end:]
+        text = text[:start] + section.rstrip("\n") + "\n" + rest
+    path.write_text(text.rstrip("\n") + "\n")

@@ -66,12 +66,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import drop_caches, replace_section, vm_hwm_mb, vm_rss_mb
 
 Batch = tuple[Any, ...]  # one entry per field: an array, or a list of arrays (ragged)
 Arrays = dict[str, Any]
 
 SECTION_TITLE = "## All approaches side by side (benchmarks/compare.py)"
-DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 POOL_BATCHES = 16
 SCRATCH_MAX = 2 * 10**9
 READ_SECONDS = 5.0
@@ -487,16 +487,6 @@ CONTENDERS: dict[str, Contender] = {
 # -- the child: one timed run -----------------------------------------------------------------
 
 
-def drop_caches() -> bool:
-    """``sync`` and, as root, drop the page cache; whether it was dropped."""
-    os.sync()
-    try:
-        DROP_CACHES.write_text("3\n")
-    except OSError:
-        return False
-    return True
-
-
 def warm(pool: Sequence[Batch], wl: Workload, scratch_dir: Path, scratch_bytes: int) -> None:
     """Touch the pool, a batch-sized buffer, and page-cache pages (scratch file, deleted)."""
     for b in pool:
@@ -519,22 +509,6 @@ def fsync_tree(root: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def vm_hwm_mb() -> float:
-    """This process's peak RSS (VmHWM) in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def vm_rss_mb() -> float:
-    """This process's current RSS in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def random_reads(arr: Any, length: int, n: int) -> tuple[float, int]:
@@ -871,19 +845,6 @@ def plot(results: dict[str, dict[str, Runs]], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def replace_section(path: Path, section: str) -> None:
-    """Replace (or append) this script's section of a markdown file, leaving the rest."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION_TITLE)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION_TITLE))
-        rest = "" if end < 0 else text[end:]
-        text = text[:start] + section.rstrip("\n") + "\n" + rest
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def report(args: argparse.Namespace, results: dict[str, dict[str, Runs]], load0: str,
            scaling: tuple[str, list[str], list] | None) -> str:  # fmt: skip
     """The markdown section: machine, how to rerun, tables, targets, plot."""
@@ -975,7 +936,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     section = report(args, results, load0, scaling)
     print(section)
     if args.out:
-        replace_section(Path(args.out), section)
+        replace_section(Path(args.out), SECTION_TITLE, section)
 
 
 if __name__ == "__main__":

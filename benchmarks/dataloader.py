@@ -57,6 +57,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _common import replace_section
+
 SECTION_TITLE = "## DataLoader to NumPy (issue 5)"
 SAMPLE_SHAPE = (3, 64, 64)
 BATCH_SIZE = 256
@@ -269,19 +271,6 @@ def _torch_version() -> str:
     return str(torch.__version__)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of ``path`` (or append it); leave the rest alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION_TITLE)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(SECTION_TITLE))
-        end = len(text) if nxt < 0 else nxt + 1
-        text = text[:start] + section + ("\n" if nxt >= 0 else "") + text[end:]
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--gb", type=float, default=1.0, help="data size in GB (default 1)")
@@ -313,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     section = table(results, args.rounds, workdir.parent)
     print(section)
     if args.out is not None:
-        write_section(args.out, section)
+        replace_section(args.out, SECTION_TITLE, section)
 
 
 if __name__ == "__main__":
