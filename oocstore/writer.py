@@ -1004,7 +1004,7 @@ def write(
     *,
     length: int | None = None,
     names: Sequence[str] | None = None,
-    batched: bool = True,
+    batched: bool | None = None,
     backend: str | None = None,
     overwrite: bool = False,
     resume: bool = False,

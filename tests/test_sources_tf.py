@@ -106,6 +106,18 @@ def test_generator_dataset_with_none_batch_dimension(tmp_path: Path) -> None:
     np.testing.assert_array_equal(store["0"][:], X[:4].reshape(2, 2, 3))
 
 
+def test_batched_true_reads_fixed_size_batches_the_spec_cannot_tell(tmp_path: Path) -> None:
+    """A generator of batches of a fixed size declares (2, 3): by the rule, samples of shape
+    (2, 3); ``batched=True`` says each element is a batch of two rows."""
+    fixed = tf.data.Dataset.from_generator(
+        lambda: iter([X[:2], X[2:4]]), output_signature=tf.TensorSpec((2, 3), tf.float32)
+    )
+    auto = oocstore.write(fixed, tmp_path / "auto.ooc")
+    assert auto["0"].shape == (2, 2, 3)
+    rows = oocstore.write(fixed, tmp_path / "rows.ooc", batched=True)
+    np.testing.assert_array_equal(rows["0"][:], X[:4])
+
+
 def test_ragged_tensor_samples_come_back_unpadded(store_path: Path) -> None:
     rows = [[1, 2], [3], [4, 5, 6], [], [7]]
     rt = tf.ragged.constant(rows)

@@ -152,15 +152,17 @@ def array_blocks(source: Any, block_bytes: int = BLOCK_BYTES) -> Stream:
     return Stream(batches=gen(), batched=True, length=n)
 
 
-def as_stream(source: Any, *, batched: bool = True) -> Stream:
+def as_stream(source: Any, *, batched: bool | None = None) -> Stream:
     """Wrap ``source`` as a :class:`Stream`, learning its length where the source tells.
 
     An array or a tuple/dict of equally long arrays is the whole dataset: it is sliced into
     blocks. A list of framework tensors holds one sample per entry. Framework objects
     (DataLoader, Dataset, tf.data, Keras PyDataset) go to their adapter, which knows whether
-    they hold batches or samples; ``batched=False`` makes a ``tf.data`` dataset or a
-    ``DataLoader(batch_size=None)`` be read one sample per element. Anything else is iterated;
-    ``len()`` gives the number of samples when ``batched=False`` and of batches otherwise.
+    they hold batches or samples (``batched=None``, the default); ``batched=False`` makes a
+    ``tf.data`` dataset or a ``DataLoader(batch_size=None)`` be read one sample per element,
+    ``batched=True`` makes every element a batch even where the pipeline does not say so.
+    Anything else is iterated as batches unless ``batched=False``; ``len()`` gives the number
+    of samples when ``batched=False`` and of batches otherwise.
 
     Raises
     ------
@@ -181,7 +183,7 @@ def as_stream(source: Any, *, batched: bool = True) -> Stream:
         stream: Stream | None = module.stream(source, batched)
         if stream is not None:
             return stream
-    if batched and _is_array_bundle(source):
+    if batched is not False and _is_array_bundle(source):
         return array_blocks(source)
     if not isinstance(source, Iterable) and not hasattr(source, "__getitem__"):
         msg = (
@@ -196,8 +198,10 @@ def as_stream(source: Any, *, batched: bool = True) -> Stream:
     except TypeError:
         size = None
     if size is not None:
-        if batched:
+        if batched is not False:
             n_batches = size
         else:
             length = size
-    return Stream(batches=iter(source), batched=batched, length=length, n_batches=n_batches)
+    return Stream(
+        batches=iter(source), batched=batched is not False, length=length, n_batches=n_batches
+    )

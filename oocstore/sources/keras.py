@@ -19,7 +19,7 @@ from ._structure import flatten
 __all__ = ["stream"]
 
 
-def stream(source: Any, batched: bool) -> Stream | None:
+def stream(source: Any, batched: bool | None) -> Stream | None:
     """The batches of a PyDataset/Sequence, ``len()`` of them; None for other Keras objects.
 
     Raises
@@ -46,6 +46,6 @@ def stream(source: Any, batched: bool) -> Stream | None:
         for i in range(n):
             yield flatten(source[i], sequences=True, batch_index=i)
 
-    if batched:
+    if batched is not False:
         return Stream(batches=gen(), batched=True, n_batches=n)
     return Stream(batches=gen(), batched=False, length=n)

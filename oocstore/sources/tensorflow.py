@@ -14,10 +14,10 @@ operations that keep elements as they are (``map``, ``prefetch``, ``shuffle``, `
 3. otherwise (``from_generator``, ``interleave``, ``zip``...) the ``element_spec`` decides:
    batches when every component has a leading ``None`` dimension, samples if not.
 
-``batched=False`` overrides this and reads every element as one sample. (``batched=True`` is
-``oocstore.write``'s default, so it cannot force the other way: a generator dataset whose
-elements are batches of a fixed size should declare that size ``None`` in its
-``output_signature``, or be passed as ``ds.unbatch().batch(n)``.)
+``batched=False`` overrides this and reads every element as one sample; ``batched=True``
+reads every element as a batch (say a generator dataset whose elements are batches of a fixed
+size, which its ``element_spec`` cannot tell from samples). ``oocstore.write``'s default,
+``batched=None``, follows the rule above.
 
 Length
 ------
@@ -208,7 +208,7 @@ def _element(element: Any, index: int, batched: bool) -> Any:
     return (out,) if isinstance(out, list) and not isinstance(element, list) else out
 
 
-def dataset_stream(ds: tf.data.Dataset, batched: bool) -> Stream:
+def dataset_stream(ds: tf.data.Dataset, batched: bool | None) -> Stream:
     """Elements of a ``tf.data.Dataset`` as batches, with its length where it is known.
 
     Raises
@@ -229,7 +229,7 @@ def dataset_stream(ds: tf.data.Dataset, batched: bool) -> Stream:
         )
         raise ValueError(msg)
     known = card if card >= 0 else None
-    if batched and is_batched(ds):
+    if batched is True or (batched is None and is_batched(ds)):
         batches = (_element(e, i, True) for i, e in enumerate(ds))
         length = _batched_length(ds, card)
         n_batches = known if length is None else None
@@ -238,7 +238,7 @@ def dataset_stream(ds: tf.data.Dataset, batched: bool) -> Stream:
     return Stream(batches=samples, batched=True, length=known)
 
 
-def stream(source: Any, batched: bool) -> Stream | None:
+def stream(source: Any, batched: bool | None) -> Stream | None:
     """The :class:`Stream` of a TensorFlow object, or None for a plain tensor.
 
     Raises

@@ -60,12 +60,12 @@ def _flat_batch(batch: Any, index: int) -> Any:
     return flatten(batch, sequences=False, batch_index=index)
 
 
-def loader_stream(loader: tud.DataLoader[Any], batched: bool) -> Stream:
+def loader_stream(loader: tud.DataLoader[Any], batched: bool | None) -> Stream:
     """Batches of a ``DataLoader`` and, where its sampler says, the exact number of samples."""
     batches = (_flat_batch(b, i) for i, b in enumerate(loader))
     if loader.batch_sampler is None:  # batch_size=None: items pass through as the dataset gives
         n = _len_or_none(loader)
-        if batched:
+        if batched is not False:
             return Stream(batches=batches, batched=True, n_batches=n)
         return Stream(batches=batches, batched=False, length=n)
     length = _exact_length(loader)
@@ -148,7 +148,7 @@ def tensor_samples(samples: Sequence[Any]) -> Stream:
     return Stream(batches=gen(), batched=True, length=n)
 
 
-def stream(source: Any, batched: bool) -> Stream | None:
+def stream(source: Any, batched: bool | None) -> Stream | None:
     """The :class:`Stream` of a torch object, or None for one this module does not handle.
 
     A tensor (or a tuple of tensors) is not handled here: it is sliced like any array.
