@@ -1026,7 +1026,7 @@ def write(
     ``source`` is any iterable of batches (a generator, a list, a DataLoader...), or an array
     (or a tuple/dict of arrays) that is sliced into batches. The length is taken from
     ``length=`` or from the source when it tells; otherwise files grow as needed. The other
-    parameters are those of :class:`Writer`.
+    parameters are those of [`Writer`][oocstore.Writer].
 
     Returns
     -------

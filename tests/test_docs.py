@@ -1,0 +1,202 @@
+"""Every code example in docs/ and README.md runs, so the docs cannot drift from the code.
+
+Each page's fenced ``python`` blocks run in order in one namespace (``__name__ == "__main__"``,
+as in a script) in a fresh working directory. Shell blocks (``sh``, ``console``) run when a
+``<!-- docs-test: run -->`` comment stands right before them: each command line (``$ `` stripped,
+comments dropped) runs through bash with the installed ``oocstore`` entry point on the PATH and
+must exit 0. ``<!-- docs-test: skip (reason) -->`` right before a block leaves it out. A page
+whose examples import a framework that is not installed (torch, tensorflow, keras, jax, PIL)
+is skipped, naming it.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted(p.relative_to(ROOT) for p in (ROOT / "docs").rglob("*.md"))
+ALL_PAGES = [*DOCS, Path("README.md")]
+OPTIONAL = ("torch", "tensorflow", "keras", "jax", "PIL")
+SHELL = ("sh", "bash", "console", "shell")
+
+_FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)\s*$")
+_MARKER = re.compile(r"^<!--\s*docs-test:\s*(.*?)\s*-->$")
+_SKIP = re.compile(r"skip \(\S.*\)")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced code block of a page: its language, first line number, text and marker."""
+
+    lang: str
+    line: int
+    text: str
+    marker: str | None
+
+
+def blocks_of(text: str) -> list[Block]:
+    """Split Markdown into its fenced code blocks, each with the marker that precedes it."""
+    blocks: list[Block] = []
+    lines = text.splitlines()
+    i = 0
+    previous = ""  # the last non-blank line outside a block
+    while i < len(lines):
+        fence = _FENCE.match(lines[i])
+        if fence is None:
+            if lines[i].strip():
+                previous = lines[i].strip()
+            i += 1
+            continue
+        ticks, lang = fence.groups()
+        start = i + 1
+        i = start
+        while i < len(lines) and lines[i].rstrip() != ticks:
+            i += 1
+        if i == len(lines):
+            msg = f"unclosed code block opened on line {start}"
+            raise ValueError(msg)
+        marker = _MARKER.match(previous)
+        blocks.append(
+            Block(lang, start + 1, "\n".join(lines[start:i]) + "\n", marker and marker[1])
+        )
+        previous = ""
+        i += 1
+    return blocks
+
+
+def imported_modules(source: str) -> set[str]:
+    """Top-level names of every module a block imports."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def shell_commands(block: Block) -> list[str]:
+    """The command lines of a shell block: ``$ `` prompts stripped, output and comments left out."""
+    prompted = any(line.startswith("$ ") for line in block.text.splitlines())
+    commands = []
+    for line in block.text.splitlines():
+        if prompted:
+            if not line.startswith("$ "):
+                continue  # output shown after a prompt
+            line = line[2:]
+        command = line.split(" #", 1)[0].strip()
+        if command and not command.startswith("#"):
+            commands.append(command)
+    return commands
+
+
+def run_shell(command: str, page: Path, block: Block) -> None:
+    """Run one documented command with the installed ``oocstore`` first on the PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's code, whichever tree the venv installed
+    done = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {command}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(
+            f"{page}:{block.line}: `{command}` exited {done.returncode}\n"
+            f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+        )
+
+
+def runnable_blocks(page: Path) -> list[Block]:
+    """The blocks of a page that run: python blocks not skipped, shell blocks marked to run."""
+    blocks = blocks_of((ROOT / page).read_text())
+    return [
+        b
+        for b in blocks
+        if (b.lang == "python" and b.marker is None) or (b.lang in SHELL and b.marker == "run")
+    ]
+
+
+PAGES = [page for page in ALL_PAGES if runnable_blocks(page)]
+
+
+@pytest.mark.parametrize("page", ALL_PAGES, ids=str)
+def test_markers_are_known(page: Path) -> None:
+    for block in blocks_of((ROOT / page).read_text()):
+        marker = block.marker
+        if marker is not None and marker != "run" and not _SKIP.fullmatch(marker):
+            pytest.fail(
+                f"{page}:{block.line}: unknown marker 'docs-test: {marker}'; "
+                "use 'docs-test: run' or 'docs-test: skip (reason)'"
+            )
+        if marker == "run" and block.lang not in SHELL:
+            pytest.fail(f"{page}:{block.line}: 'docs-test: run' is for shell blocks")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=str)
+def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runnable = runnable_blocks(page)
+    python = [b for b in runnable if b.lang == "python"]
+    needed = set().union(*(imported_modules(b.text) for b in python))
+    for name in OPTIONAL:
+        if name in needed and importlib.util.find_spec(name) is None:
+            pytest.skip(f"{page} imports {name}, which is not installed")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # a page's example may import a module it wrote
+    namespace: dict[str, object] = {"__name__": "__main__"}
+    for block in runnable:
+        if block.lang == "python":
+            # Blank lines in front keep the traceback's line numbers those of the page.
+            code = compile("\n" * (block.line - 1) + block.text, str(page), "exec")
+            exec(code, namespace)
+        else:
+            for command in shell_commands(block):
+                run_shell(command, page, block)
+
+
+def test_blocks_of_reads_markers_and_lines() -> None:
+    text = (
+        "# Page\n\n```python\nx = 1\n```\n\n<!-- docs-test: skip (needs a GPU) -->\n"
+        "```python\ncuda()\n```\n<!-- docs-test: run -->\n\n```console\n$ oocstore info a.ooc"
+        "  # show it\nbackend npy\n```\n"
+    )
+    blocks = blocks_of(text)
+    assert [(b.lang, b.line, b.marker) for b in blocks] == [
+        ("python", 4, None),
+        ("python", 9, "skip (needs a GPU)"),
+        ("console", 14, "run"),
+    ]
+    assert shell_commands(blocks[2]) == ["oocstore info a.ooc"]
+    with pytest.raises(ValueError, match="unclosed code block opened on line 1"):
+        blocks_of("```python\nx = 1\n")
+
+
+def test_the_how_to_pages_have_examples() -> None:
+    # Every page that teaches by example is run above; losing a page's examples to a stray
+    # marker or fence would silently drop it from this test.
+    for name in ("index", "getting-started", "generators", "pytorch", "tensorflow", "images"):
+        assert Path("docs", f"{name}.md") in PAGES
+    for name in ("tensors", "big-arrays", "training", "concepts", "cli", "format", "hdf5"):
+        assert Path("docs", f"{name}.md") in PAGES
+    assert Path("README.md") in PAGES
+
+
+def test_every_page_is_in_the_site_nav() -> None:
+    # mkdocs --strict also refuses pages left out of the nav; this says which one without a build.
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for page in ALL_PAGES:
+        if page.parts[0] == "docs":
+            name = page.relative_to("docs").as_posix()
+            assert re.search(rf":\s*{re.escape(name)}\s*$", nav, re.M), f"{name} not in nav"
