@@ -28,8 +28,8 @@ demo: $(VENV)/.installed-core
 	$(BIN)/oocstore demo demo.ooc
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check oocstore tests benchmarks
-	$(BIN)/ruff format --check oocstore tests benchmarks
+	$(BIN)/ruff check oocstore tests benchmarks mkdocs_hooks.py
+	$(BIN)/ruff format --check oocstore tests benchmarks mkdocs_hooks.py
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
@@ -40,7 +40,7 @@ docs: $(VENV)/.installed-dev
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: $(VENV)/.installed-dev
-	$(BIN)/ruff check oocstore tests benchmarks
+	$(BIN)/ruff check oocstore tests benchmarks mkdocs_hooks.py
 	$(BIN)/mypy
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet

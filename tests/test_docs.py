@@ -200,3 +200,20 @@ def test_every_page_is_in_the_site_nav() -> None:
         if page.parts[0] == "docs":
             name = page.relative_to("docs").as_posix()
             assert re.search(rf":\s*{re.escape(name)}\s*$", nav, re.M), f"{name} not in nav"
+
+
+def test_the_cli_reference_is_every_commands_help() -> None:
+    from oocstore.cli import cli
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        import mkdocs_hooks
+    finally:
+        sys.path.remove(str(ROOT))
+    page = mkdocs_hooks.on_page_markdown((ROOT / "docs" / "cli.md").read_text())
+    assert mkdocs_hooks.MARKER not in page
+    assert "Usage: oocstore [OPTIONS] COMMAND [ARGS]..." in page
+    for name in cli.commands:
+        assert f"## oocstore {name}\n" in page
+        assert f"Usage: oocstore {name} [OPTIONS]" in page
+    assert "-h, --help" in page
