@@ -7,12 +7,18 @@ comments dropped) runs through bash with the installed ``oocstore`` entry point 
 must exit 0. ``<!-- docs-test: skip (reason) -->`` right before a block leaves it out. A page
 whose examples import a framework that is not installed (torch, tensorflow, keras, jax, PIL)
 is skipped, naming it.
+
+A top-level ``print(...)`` with a comment on its line states what it prints: the comment must
+begin with the printed text (spaces and line breaks compared loosely), so
+``print(X.shape)  # (100, 3)`` fails the page when the shape changes, and
+``print(n)  # 621 valid pixels`` may go on to explain.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import io
 import os
 import re
 import subprocess
@@ -99,6 +105,50 @@ def shell_commands(block: Block) -> list[str]:
     return commands
 
 
+def _loose(text: str) -> str:
+    return " ".join(text.split())
+
+
+class PrintCheck:
+    """Stands in for ``print`` on the top-level lines that say what they print."""
+
+    def __init__(self, page: Path) -> None:
+        self.page = page
+
+    def __call__(self, line: int, comment: str, *args: object, **kwargs: object) -> None:
+        buffer = io.StringIO()
+        print(*args, **kwargs, file=buffer)  # type: ignore[call-overload]
+        printed = buffer.getvalue()
+        sys.stdout.write(printed)
+        if not _loose(comment).startswith(_loose(printed)):
+            pytest.fail(
+                f"{self.page}:{line}: the comment says `{comment}` "
+                f"but the line printed `{printed.rstrip()}`"
+            )
+
+
+def with_print_checks(source: str, first_line: int) -> ast.Module:
+    """Parse a block (numbered from ``first_line``), top-level commented prints checked."""
+    padded = "\n" * (first_line - 1) + source
+    tree = ast.parse(padded)
+    lines = padded.splitlines()
+    for stmt in tree.body:
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        if not (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Name)
+            and call.func.id == "print"
+            and stmt.end_lineno == stmt.lineno
+        ):
+            continue
+        rest = lines[stmt.lineno - 1][stmt.end_col_offset :].strip()
+        if not rest.startswith("#"):
+            continue
+        call.func = ast.Name("__docs_print__", ast.Load())
+        call.args[:0] = [ast.Constant(stmt.lineno), ast.Constant(rest[1:].strip())]
+    return ast.fix_missing_locations(tree)
+
+
 def run_shell(command: str, page: Path, block: Block) -> None:
     """Run one documented command with the installed ``oocstore`` first on the PATH."""
     env = dict(os.environ)
@@ -155,11 +205,11 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
             pytest.skip(f"{page} imports {name}, which is not installed")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # a page's example may import a module it wrote
-    namespace: dict[str, object] = {"__name__": "__main__"}
+    namespace: dict[str, object] = {"__name__": "__main__", "__docs_print__": PrintCheck(page)}
     for block in runnable:
         if block.lang == "python":
-            # Blank lines in front keep the traceback's line numbers those of the page.
-            code = compile("\n" * (block.line - 1) + block.text, str(page), "exec")
+            # Line numbers are the page's, in tracebacks and in the print checks.
+            code = compile(with_print_checks(block.text, block.line), str(page), "exec")
             exec(code, namespace)
         else:
             for command in shell_commands(block):
@@ -181,6 +231,15 @@ def test_blocks_of_reads_markers_and_lines() -> None:
     assert shell_commands(blocks[2]) == ["oocstore info a.ooc"]
     with pytest.raises(ValueError, match="unclosed code block opened on line 1"):
         blocks_of("```python\nx = 1\n")
+
+
+def test_a_commented_print_must_print_what_its_comment_says() -> None:
+    source = 'x = (2, 3)\nprint(x)  # (2, 3): a shape\nprint(len(x))  # 3\nprint("free")\n'
+    namespace: dict[str, object] = {"__docs_print__": PrintCheck(Path("page.md"))}
+    with pytest.raises(
+        pytest.fail.Exception, match=r"page.md:12: the comment says `3` but the line printed `2`"
+    ):
+        exec(compile(with_print_checks(source, 10), "page.md", "exec"), namespace)
 
 
 def test_the_how_to_pages_have_examples() -> None:
