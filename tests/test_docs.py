@@ -5,8 +5,8 @@ as in a script) in a fresh working directory. Shell blocks (``sh``, ``console``)
 ``<!-- docs-test: run -->`` comment stands right before them: each command line (``$ `` stripped,
 comments dropped) runs through bash with the installed ``oocstore`` entry point on the PATH and
 must exit 0. ``<!-- docs-test: skip (reason) -->`` right before a block leaves it out. A page
-whose examples import a framework that is not installed (torch, tensorflow, keras, jax, PIL)
-is skipped, naming it.
+whose examples import a framework that is not installed (torch, tensorflow, keras, jax, PIL,
+dask...) is skipped, naming it.
 
 A top-level ``print(...)`` with a comment on its line states what it prints: the comment must
 begin with the printed text (spaces and line breaks compared loosely), so
@@ -31,7 +31,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted(p.relative_to(ROOT) for p in (ROOT / "docs").rglob("*.md"))
 ALL_PAGES = [*DOCS, Path("README.md")]
-OPTIONAL = ("torch", "tensorflow", "keras", "jax", "PIL")
+OPTIONAL = ("torch", "tensorflow", "keras", "jax", "PIL", "dask", "distributed", "sklearn")
 SHELL = ("sh", "bash", "console", "shell")
 
 _FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)\s*$")
@@ -276,3 +276,19 @@ def test_the_cli_reference_is_every_commands_help() -> None:
         assert f"## oocstore {name}\n" in page
         assert f"Usage: oocstore {name} [OPTIONS]" in page
     assert "-h, --help" in page
+
+
+def test_every_public_name_is_in_the_api_reference() -> None:
+    import oocstore
+
+    directives = set()
+    for page in (ROOT / "docs" / "api").glob("*.md"):
+        directives |= set(re.findall(r"^::: (\S+)$", page.read_text(), re.M))
+    for name in oocstore.__all__:
+        if name.startswith("__"):
+            continue
+        obj = getattr(oocstore, name)
+        module = obj.__module__
+        shown = {f"oocstore.{name}", f"{module}.{name}", module}
+        assert shown & directives, f"oocstore.{name} is not in docs/api/"
+        assert (obj.__doc__ or "").strip(), f"oocstore.{name} has no docstring"
