@@ -36,14 +36,15 @@ typecheck: $(VENV)/.installed-dev
 
 # --strict: a broken link, a page missing from the nav or a docstring griffe cannot parse fails.
 # NO_MKDOCS_2_WARNING silences Material's end-of-life banner, which is not about this site.
+# Not --quiet: it hides the warnings, and --strict then lets them pass.
 docs: $(VENV)/.installed-dev
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check oocstore tests benchmarks mkdocs_hooks.py
 	$(BIN)/mypy
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/write_throughput.py
