@@ -1,4 +1,5 @@
-# make demo: create .venv, install oocstore, run the demo.  make test: the whole test suite.
+# make demo: create .venv, install oocstore, run the demo.  make test: the whole test suite and
+# the strict docs build.  make docs: the documentation site, into site/.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ TORCH  ?= torch==2.13.0
 TF     ?= tensorflow-cpu==2.20.0
 JAX    ?= jax==0.10.2
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck docs bench clean
 
 $(VENV)/.installed-core: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +18,7 @@ $(VENV)/.installed-core: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-core
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench,docs]'
 	$(BIN)/python -m pip install -q '$(TORCH)' || echo "warning: $(TORCH) could not be installed; its tests will be skipped"
 	$(BIN)/python -m pip install -q '$(TF)' || echo "warning: $(TF) could not be installed; its tests will be skipped"
 	$(BIN)/python -m pip install -q '$(JAX)' || echo "warning: $(JAX) could not be installed; its tests will be skipped"
@@ -27,19 +28,26 @@ demo: $(VENV)/.installed-core
 	$(BIN)/oocstore demo demo.ooc
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check oocstore tests benchmarks
-	$(BIN)/ruff format --check oocstore tests benchmarks
+	$(BIN)/ruff check oocstore tests benchmarks mkdocs_hooks.py
+	$(BIN)/ruff format --check oocstore tests benchmarks mkdocs_hooks.py
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
+# --strict: a broken link, a page missing from the nav or a docstring griffe cannot parse fails.
+# NO_MKDOCS_2_WARNING silences Material's end-of-life banner, which is not about this site.
+# Not --quiet: it hides the warnings, and --strict then lets them pass.
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 test: $(VENV)/.installed-dev
-	$(BIN)/ruff check oocstore tests benchmarks
+	$(BIN)/ruff check oocstore tests benchmarks mkdocs_hooks.py
 	$(BIN)/mypy
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/write_throughput.py
 
 clean:
-	rm -rf $(VENV) demo.ooc .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo.ooc site .pytest_cache .hypothesis .mypy_cache .ruff_cache

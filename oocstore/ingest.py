@@ -735,8 +735,8 @@ def ingest_images(
 
     A folder of images bigger than RAM once decoded becomes one store that analysis code opens
     at once. Files are listed recursively and sorted by relative path (see
-    :func:`find_images`), decoded with Pillow in ``workers`` processes while the order is
-    kept, and streamed to the store with bounded memory.
+    ``oocstore.ingest.find_images``), decoded with Pillow in ``workers`` processes while the
+    order is kept, and streamed to the store with bounded memory.
 
     Fields:
 
@@ -783,8 +783,9 @@ def ingest_images(
     on_error
         ``"skip"`` (default): an unreadable or truncated image is left out and listed in
         ``<dst>.skipped.txt`` (``path<TAB>reason`` per line); ``store.attrs["skipped"]``
-        counts them. ``"fail"``: stop at the first one with :class:`ImageDecodeError` (the
-        store keeps what was committed before it).
+        counts them. ``"fail"``: stop at the first one with
+        [`ImageDecodeError`][oocstore.errors.ImageDecodeError] (the store keeps what was
+        committed before it).
     resume
         Continue an interrupted run: the files are listed again, the store's ``paths`` say
         which are already in it, and decoding starts after the last one (the earlier run's
@@ -792,7 +793,7 @@ def ingest_images(
     progress
         Show a bar with images/s, MB/s read and ETA (default: when stderr is a terminal).
     **writer_options
-        Passed to :class:`Writer`: ``overwrite``, ``memory``, ``commit_bytes``,
+        Passed to [`Writer`][oocstore.Writer]: ``overwrite``, ``memory``, ``commit_bytes``,
         ``commit_seconds``, ``chunks``, ``compressors``, ``fill``.
 
     Returns

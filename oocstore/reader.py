@@ -153,8 +153,8 @@ class Store:
     """A read-only store: field name -> array of its committed samples.
 
     ``store[name]`` is an ``np.memmap`` (npy; HDF5 contiguous) or a lazy array that slices to
-    NumPy; a field stored packed is a :class:`PackedArray`. ``len(store)`` is the number of
-    committed samples; iterating a store gives its field names, as a dict does.
+    NumPy; a field stored packed is a [`PackedArray`][oocstore.PackedArray]. ``len(store)`` is
+    the number of committed samples; iterating a store gives its field names, as a dict does.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -373,7 +373,7 @@ class Store:
 
         Memory-mapped fields give zero-copy tensors (copy-on-write maps: writing to one never
         reaches the file); the dataset pickles small, so DataLoader workers open the store
-        themselves. See :mod:`oocstore.sinks.torch`.
+        themselves. See [`StoreDataset`][oocstore.sinks.torch.StoreDataset].
         """
         from .sinks.torch import StoreDataset
 
@@ -390,7 +390,7 @@ class Store:
     ) -> Any:
         """A ``tf.data.Dataset`` of field tuples with exact ``element_spec`` and ``cardinality``.
 
-        See :func:`oocstore.sinks.tensorflow.to_tf`.
+        See [`oocstore.sinks.tensorflow.to_tf`][oocstore.sinks.tensorflow.to_tf].
         """
         from .sinks.tensorflow import to_tf
 
@@ -408,7 +408,7 @@ class Store:
 
         Shuffling reads contiguous blocks, shuffled in windows, so it never turns into one
         random read per sample; with Keras imported the result is a ``keras.utils.PyDataset``
-        that ``Model.fit`` accepts. See :class:`oocstore.sinks.Batches`.
+        that ``Model.fit`` accepts. See [`Batches`][oocstore.sinks.Batches].
         """
         from .sinks import batches
 

@@ -157,7 +157,7 @@ class FieldSpec:
 
     @classmethod
     def from_json(cls, obj: Any) -> FieldSpec:
-        """Parse and validate a spec written by :meth:`to_json`; ``ValueError`` if bad."""
+        """Parse and validate a spec written by ``to_json()``; ``ValueError`` if bad."""
         if not isinstance(obj, dict):
             msg = "a field entry must be an object"
             raise ValueError(msg)
@@ -255,7 +255,7 @@ def conform_dtype(
 
 @dataclass(frozen=True)
 class Schema(Mapping[str, FieldSpec]):
-    """The fields of a store, in order; a read-only mapping from name to :class:`FieldSpec`."""
+    """The fields of a store, in order; a read-only mapping from name to a ``FieldSpec``."""
 
     fields: tuple[FieldSpec, ...]
     """The field specs in order."""
@@ -325,7 +325,7 @@ class Schema(Mapping[str, FieldSpec]):
 
     @classmethod
     def from_json(cls, obj: Any) -> Schema:
-        """Parse and validate a schema written by :meth:`to_json`; ``ValueError`` if bad."""
+        """Parse and validate a schema written by ``to_json()``; ``ValueError`` if bad."""
         if not isinstance(obj, list) or not obj or len(obj) > 10_000:
             msg = "'fields' must be a non-empty list"
             raise ValueError(msg)

@@ -1026,7 +1026,25 @@ def write(
     ``source`` is any iterable of batches (a generator, a list, a DataLoader...), or an array
     (or a tuple/dict of arrays) that is sliced into batches. The length is taken from
     ``length=`` or from the source when it tells; otherwise files grow as needed. The other
-    parameters are those of :class:`Writer`.
+    parameters are those of [`Writer`][oocstore.Writer].
+
+    Parameters
+    ----------
+    source
+        Batches: an iterable (generator, list, ``DataLoader``, ``tf.data.Dataset``, Keras
+        ``PyDataset``...), or a whole array, ``np.memmap`` or tuple/dict of arrays, copied in
+        blocks of about 64 MB.
+    path
+        Where the store goes; the backend follows the suffix (``.zarr``, ``.h5``/``.hdf5``,
+        anything else is npy) unless ``backend=`` names one.
+    length
+        Expected number of samples (default: from the source, when it tells): files are
+        preallocated for it.
+    names
+        Field names for array or tuple batches (default ``"0"``, ``"1"``, ...).
+    batched
+        True: each item of ``source`` is a batch (axis 0 = samples). False: each item is one
+        sample. Framework sources say which they are themselves.
 
     Returns
     -------

@@ -44,9 +44,9 @@ class Batches:
     ``len()`` is the number of batches; each ``iter()`` is a new epoch. Without shuffling the
     batches are read-only views of consecutive rows (no copy for memory-mapped fields); with
     shuffling they are fresh arrays. A packed ragged field gives a list of its samples. With
-    Keras imported, :meth:`oocstore.Store.batches` returns the subclass that Keras accepts as a
-    ``PyDataset``; ``batches[i]`` is batch ``i`` of the current epoch, the same batch iterating
-    would give, and ``on_epoch_end()`` moves on to the next epoch.
+    Keras imported, [`Store.batches`][oocstore.Store.batches] returns the subclass that Keras
+    accepts as a ``PyDataset``; ``batches[i]`` is batch ``i`` of the current epoch, the same
+    batch iterating would give, and ``on_epoch_end()`` moves on to the next epoch.
     """
 
     def __init__(
@@ -85,7 +85,7 @@ class Batches:
         self.block_rows = int(block_rows) if block_rows is not None else max(auto, 1)
         self.window = int(window)
         self.epoch = 0
-        """The epoch ``batches[i]`` reads; :meth:`on_epoch_end` advances it."""
+        """The epoch ``batches[i]`` reads; ``on_epoch_end()`` advances it."""
         self._next_iter_epoch = 0
         self._plans: dict[int, _Plan] = {}
         self._lock = threading.Lock()

@@ -59,7 +59,7 @@ def to_tf(
     batch_size
         Samples per element; None gives one sample per element.
     shuffle
-        Shuffle each epoch by contiguous blocks (see :class:`~oocstore.sinks.Batches`).
+        Shuffle each epoch by contiguous blocks (see [`Batches`][oocstore.sinks.Batches]).
     seed
         Seed of the shuffle (epochs still differ from one another).
     drop_last
