@@ -1043,8 +1043,10 @@ def write(
     names
         Field names for array or tuple batches (default ``"0"``, ``"1"``, ...).
     batched
-        True: each item of ``source`` is a batch (axis 0 = samples). False: each item is one
-        sample. Framework sources say which they are themselves.
+        None (default): the source decides; framework sources say which they hold, and any
+        other iterable holds batches. True: each item of ``source`` is a batch (axis 0 =
+        samples), even a ``tf.data`` element the pipeline does not mark as one. False: each
+        item is one sample.
 
     Returns
     -------
