@@ -15,12 +15,17 @@ from typing import Any
 import crc32c
 import numpy as np
 
-__all__ = ["ALGORITHM", "SpanHasher", "hash_rows"]
+__all__ = ["ALGORITHM", "MAX_SPANS", "SpanHasher", "coalesce", "crc32c_combine", "hash_rows"]
 
 ALGORITHM = "crc32c"
 _BLOCK_BYTES = 32 * 2**20
 _THREAD_BYTES = 1 * 2**20  # below this, hashing inline is cheaper than a thread hand-off
 _pool: ThreadPoolExecutor | None = None
+_POLY = 0x82F63B78  # CRC-32C (Castagnoli), reflected
+MAX_SPANS = 512
+"""Spans kept per array: past this, neighbours merge (their CRCs combined, no rehashing), so
+the manifest rewritten at every commit stays small however long the writer runs, and
+``verify`` still names a damaged range of at most ~1/256 of the array."""
 
 
 def _bytes_of(values: np.ndarray) -> np.ndarray:
@@ -88,3 +93,71 @@ def hash_rows(array: Any, start: int, stop: int) -> str:
         if block.size:
             crc = crc32c.crc32c(_bytes_of(block).data, crc)
     return f"{crc:08x}"
+
+
+def _gf2_times(mat: list[int], vec: int) -> int:
+    out = 0
+    i = 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def _gf2_square(mat: list[int]) -> list[int]:
+    return [_gf2_times(mat, mat[n]) for n in range(32)]
+
+
+def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32C of ``a + b`` from ``crc(a)``, ``crc(b)`` and ``len(b)`` in bytes.
+
+    zlib's ``crc32_combine`` with the Castagnoli polynomial: appending ``len2`` zero bytes to
+    ``a`` is a linear map on its CRC, applied by squaring a 32x32 GF(2) matrix (O(log len2)).
+    """
+    if len2 <= 0:
+        return crc1
+    odd = [_POLY] + [1 << n for n in range(31)]  # one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four zero bits
+    while True:
+        even = _gf2_square(odd)
+        if len2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
+
+
+def coalesce(spans: list[Any], row_nbytes: int, limit: int = MAX_SPANS) -> list[Any]:
+    """Merge neighbouring spans pairwise while there are more than ``limit`` of them.
+
+    Two spans merge only when one ends where the next starts; the merged CRC is combined
+    from theirs, so nothing is read again. Each merge halves the count, so over a long run
+    every span takes part in O(log n) merges.
+    """
+    while len(spans) > limit:
+        merged: list[Any] = []
+        i = 0
+        while i < len(spans):
+            a = spans[i]
+            b = spans[i + 1] if i + 1 < len(spans) else None
+            if b is not None and a[1] == b[0]:
+                crc = crc32c_combine(int(a[2], 16), int(b[2], 16), (b[1] - b[0]) * row_nbytes)
+                merged.append([a[0], b[1], f"{crc:08x}"])
+                i += 2
+            else:
+                merged.append(a)
+                i += 1
+        if len(merged) == len(spans):
+            break  # nothing adjacent left to merge
+        spans = merged
+    return spans

@@ -26,7 +26,7 @@ from ._lock import StoreLock
 from .backends import backend_class, backend_for_path, detect_backend
 from .backends.base import Backend, BackendOptions
 from .batches import Batch, FieldValue, split_batch
-from .checksum import ALGORITHM, SpanHasher
+from .checksum import ALGORITHM, MAX_SPANS, SpanHasher, coalesce
 from .errors import (
     CorruptStoreError,
     DiskFullError,
@@ -812,7 +812,10 @@ class Writer:
             a.flush()
             span = a.hasher.take(a.rows)
             if span is not None:
-                self.checksums.setdefault(a.name, []).append(span)
+                spans = self.checksums.setdefault(a.name, [])
+                spans.append(span)
+                if len(spans) > MAX_SPANS:
+                    self.checksums[a.name] = coalesce(spans, a.row_nbytes, MAX_SPANS)
         lengths = {a.name: a.rows for a in arrays}
         live = set(lengths)
         checksums = {k: list(v) for k, v in self.checksums.items() if k in live}
