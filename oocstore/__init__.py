@@ -28,6 +28,7 @@ from .errors import (
     StoreNotFoundError,
     UnknownBackendError,
     UnsupportedDtypeError,
+    WorkerFailedError,
     WriterClosedError,
 )
 from .ingest import ingest_images
@@ -63,6 +64,7 @@ __all__ = [
     "StoreNotFoundError",
     "UnknownBackendError",
     "UnsupportedDtypeError",
+    "WorkerFailedError",
     "Writer",
     "WriterClosedError",
     "__version__",

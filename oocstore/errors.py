@@ -28,6 +28,7 @@ __all__ = [
     "StoreNotFoundError",
     "UnknownBackendError",
     "UnsupportedDtypeError",
+    "WorkerFailedError",
     "WriterClosedError",
 ]
 
@@ -154,6 +155,10 @@ class DiskFullError(OocstoreError, OSError):
 
 class WriterClosedError(OocstoreError, ValueError):
     """An operation on a Writer that is already closed."""
+
+
+class WorkerFailedError(OocstoreError, RuntimeError):
+    """A worker process died (killed, out of memory) before it finished its rows."""
 
 
 class IngestError(OocstoreError, ValueError):

@@ -277,6 +277,27 @@ class Store:
             return np.broadcast_to(np.asarray(spec.shape, dtype=np.int64), (len(self), spec.ndim))
         return np.asarray(self._arrays[f"{field}.shapes"])
 
+    def physical_array(self, name: str) -> ArrayReader:
+        """One physical array by name (``x``, ``x.shapes``, ``x.values``...), committed rows."""
+        if name not in self._arrays:
+            msg = f"no array {name!r} in store {str(self.path)!r}; arrays: {list(self._arrays)}"
+            raise KeyError(msg)
+        return self._arrays[name]
+
+    def chunk_rows(self, name: str) -> int | None:
+        """Rows per chunk of physical array ``name`` on disk; None when it is not chunked."""
+        arr = self.physical_array(name)
+        chunks = getattr(arr, "chunks", None)
+        if self.backend == "zarr" and isinstance(chunks, tuple) and chunks:
+            return int(chunks[0])
+        info = self._manifest.extra.get("hdf5")
+        if isinstance(info, dict) and isinstance(info.get("arrays"), dict):
+            entry = info["arrays"].get(name)
+            if isinstance(entry, dict) and entry.get("layout") == "chunked":
+                rows = entry.get("chunk_rows")
+                return int(rows) if isinstance(rows, int) and rows > 0 else None
+        return None
+
     def sample(self, field: str, index: int) -> np.ndarray:
         """Sample ``index`` of ``field`` with its true shape (padding cut off)."""
         self._check_field(field)
@@ -395,6 +416,20 @@ class Store:
         from .sinks.tensorflow import to_tf
 
         return to_tf(self, batch_size, shuffle, seed=seed, drop_last=drop_last, fields=fields)
+
+    def to_dask(self, field: str | Sequence[str] | None = None, *, shapes: bool = False) -> Any:
+        """Fields as ``dask.array.Array`` objects chunked as stored (imports Dask).
+
+        ``field``: one name gives one array; a list or tuple of names, or None (every field),
+        gives a dict. Chunks follow the store's chunks on Zarr and chunked HDF5, and are
+        blocks of ~64 MiB of whole samples on memory-mapped fields; the graph holds the
+        store's path, so any Dask scheduler reads the files directly. A ragged field gives
+        its padded array, or with ``shapes=True`` each sample's true shape; a packed field
+        raises RaggedError. See :mod:`oocstore.sinks.dask`.
+        """
+        from .sinks.dask import to_dask
+
+        return to_dask(self, field, shapes=shapes)
 
     def batches(
         self,

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +25,7 @@ import numpy as np
 from . import sizing
 from ._lock import StoreLock
 from .backends import backend_class, backend_for_path, detect_backend
-from .backends.base import Backend, BackendOptions
+from .backends.base import Backend, BackendOptions, RegionWriter
 from .batches import Batch, FieldValue, split_batch
 from .checksum import ALGORITHM, MAX_SPANS, SpanHasher, coalesce
 from .errors import (
@@ -163,6 +164,16 @@ class _StagedArray:
     def release_buffer(self) -> None:
         """Drop the staging buffer (after close)."""
         self._buf = None
+
+    def skip_to(self, stop: int) -> None:
+        """Continue at row ``stop``: rows up to it were written by region writers.
+
+        The caller flushed the stage and took its checksum span first.
+        """
+        self.stage_start = stop
+        self.fill = 0
+        self.capacity = max(self.capacity, stop)
+        self.hasher = SpanHasher(stop)
 
 
 class _FieldWriter:
@@ -792,6 +803,65 @@ class Writer:
         ):
             self.commit(wait=False)
 
+    # -- regions written by other processes (oocstore._parallel) ---------------------------
+
+    def region_arrays(self) -> list[str]:
+        """The physical arrays region writers fill (every array of every field)."""
+        return [a.name for a in self._live_arrays()]
+
+    def region_writers(self, stop: int) -> dict[str, RegionWriter]:
+        """Picklable writers of rows ``[length, stop)`` for tasks in other processes.
+
+        Everything appended so far is committed first, and every array gets storage for
+        ``stop`` rows. The rows count only once :meth:`adopt_rows` declares them.
+
+        Raises
+        ------
+        RaggedError
+            If a field is not dense (regions of padded or packed fields are not supported).
+        """
+        self._check_open()
+        for fw in self._fields.values():
+            if fw.layout.kind != "dense":
+                msg = f"field is stored {fw.layout.kind}: parallel writers fill dense fields only"
+                raise RaggedError(
+                    msg,
+                    field=fw.spec.name,
+                    hint="write this source without workers= (one process)",
+                )
+        self.commit()
+        out = {}
+        for a in self._live_arrays():
+            out[a.name] = self.backend.region_writer(a.name, stop)
+            a.capacity = max(a.capacity, stop)
+        return out
+
+    def adopt_rows(self, stop: int, spans: Mapping[str, Sequence[list[Any]]]) -> None:
+        """Count rows ``[length, stop)`` that region writers made durable, with their
+        checksum spans; the next commit declares them."""
+        self._check_open()
+        if stop < self.length:
+            msg = f"rows up to {stop} adopted, but {self.length} are already appended"
+            raise ValueError(msg)
+        nbytes = 0
+        for a in self._live_arrays():
+            a.flush()
+            span = a.hasher.take(a.rows)
+            if span is not None:
+                self.checksums.setdefault(a.name, []).append(span)
+            if a.rows != self.length:
+                msg = f"array {a.name!r} holds {a.rows} rows, the store {self.length}"
+                raise ValueError(msg)
+            a.skip_to(stop)
+            self.checksums.setdefault(a.name, []).extend(list(sp) for sp in spans.get(a.name, ()))
+            self.backend.rows_written(a.name, stop)
+            nbytes += (stop - self.length) * a.row_nbytes
+        if self._progress is not None:
+            self._progress.update(stop - self.length, nbytes)
+        self.length = stop
+        self.bytes_written += nbytes
+        self._since_commit += nbytes
+
     def extend(self, batches: Iterable[Any]) -> None:
         """Append every batch of ``batches``."""
         for batch in batches:
@@ -1023,6 +1093,7 @@ def write(
     commit_bytes: int | None = None,
     commit_seconds: float = 30.0,
     attrs: Mapping[str, Any] | None = None,
+    workers: int | None = None,
 ) -> Store:
     """Stream every batch of ``source`` into a store at ``path`` and open it.
 
@@ -1051,6 +1122,12 @@ def write(
         samples), even a ``tf.data`` element the pipeline does not mark as one. False: each
         item is one sample.
 
+    A ``dask.array.Array`` (or a tuple/dict of them, aligned on axis 0) is written by Dask's
+    own workers, each task filling its own chunk-aligned rows (see ``docs/dask.md``). With
+    ``workers=N`` (N > 1), an indexable source (``len()`` and ``source[i]`` giving one sample:
+    a map-style Dataset, a list of samples) is read by N worker processes, each filling its
+    own rows; the source must pickle.
+
     Returns
     -------
     Store
@@ -1067,6 +1144,35 @@ def write(
     """
     from .reader import open as open_store
 
+    common: dict[str, Any] = {
+        "backend": backend,
+        "overwrite": overwrite,
+        "resume": resume,
+        "memory": memory,
+        "progress": progress,
+        "chunks": chunks,
+        "compressors": compressors,
+        "shards": shards,
+        "commit_bytes": commit_bytes,
+        "commit_seconds": commit_seconds,
+        "attrs": attrs,
+    }
+    if "dask" in sys.modules:  # a Dask array can only exist once dask is imported
+        from .sources.dask import is_dask_source
+
+        if is_dask_source(source):
+            if workers is not None:
+                msg = "workers= is for indexable sources; Dask's scheduler runs a Dask array"
+                raise ValueError(msg)
+            from .sources.dask import write_dask
+
+            return write_dask(source, path, names=names, casting=casting, **common)
+    if workers is not None and workers != 1:
+        from ._parallel import write_indexable
+
+        return write_indexable(
+            source, path, workers=workers, names=names, casting=casting, **common
+        )
     stream = as_stream(source, batched=batched)
     writer = Writer(
         path,
