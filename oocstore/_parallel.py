@@ -290,7 +290,7 @@ def write_indexable(
                     )
                     raise WorkerFailedError(msg) from error
                 raise error
-    return open_store(path)
+    return open_store(path, storage_options=writer_options.get("storage_options"))
 
 
 def _stack(

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import sizing
 from ._lock import StoreLock
+from ._url import is_url
 from .backends import backend_class, backend_for_path, detect_backend
 from .backends.base import Backend, BackendOptions, RegionWriter
 from .batches import Batch, FieldValue, split_batch
@@ -419,6 +420,16 @@ class _EarlyFlush:
             pending.result()
 
 
+class _NoLock:
+    """A store at a URL has no flock: nothing to take (see docs/dask.md)."""
+
+    def acquire(self) -> None:
+        """Nothing to lock."""
+
+    def release(self) -> None:
+        """Nothing to unlock."""
+
+
 class Writer:
     """Write batches into a store incrementally; a context manager.
 
@@ -461,6 +472,10 @@ class Writer:
         Commit after this many bytes or seconds since the last commit.
     attrs
         JSON-serialisable user metadata kept in the manifest.
+    storage_options
+        For a store at an fsspec URL (``memory://``, ``s3://``...; always Zarr): passed to
+        the fsspec filesystem. Such a store has no single-writer lock and no fsync; see
+        ``docs/dask.md``.
 
     Raises
     ------
@@ -492,6 +507,7 @@ class Writer:
         commit_bytes: int | None = None,
         commit_seconds: float = 30.0,
         attrs: Mapping[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if ragged not in ("pad", "pack", "error"):
             msg = f"ragged must be 'pad', 'pack' or 'error', not {ragged!r}"
@@ -532,36 +548,41 @@ class Writer:
         self.skip = 0  # samples of the source already stored (resume)
         self.bytes_written = 0
 
-        exists = self.path.exists() or self.path.is_symlink()
-        existing_backend = _existing_store_backend(self.path) if exists else None
-        if resume and existing_backend is not None:
-            self.backend_name = existing_backend
-            if backend is not None and backend != existing_backend:
-                msg = (
-                    f"cannot resume {str(self.path)!r} as {backend!r}: "
-                    f"it is a {existing_backend} store"
-                )
-                raise UnknownBackendError(msg)
-        else:
-            self.backend_name = backend_for_path(self.path, backend)
-        cls = backend_class(self.backend_name)
-        self.backend: Backend = cls(
-            self.path,
-            BackendOptions(
-                chunks=dict(chunks) if isinstance(chunks, Mapping) else chunks,
-                compressors=compressors,
-                extra={
-                    # HDF5 lays out arrays of exactly the declared length contiguous.
-                    "length": self.length_expected,
-                    **(
-                        {"shards": dict(shards) if isinstance(shards, Mapping) else shards}
-                        if shards is not None
-                        else {}
-                    ),
-                },
-            ),
+        options = BackendOptions(
+            chunks=dict(chunks) if isinstance(chunks, Mapping) else chunks,
+            compressors=compressors,
+            extra={
+                # HDF5 lays out arrays of exactly the declared length contiguous.
+                "length": self.length_expected,
+                **(
+                    {"shards": dict(shards) if isinstance(shards, Mapping) else shards}
+                    if shards is not None
+                    else {}
+                ),
+            },
         )
-        self._lock = StoreLock(cls.lock_path(self.path), self.path)
+        self.url: str | None = None
+        self._lock: StoreLock | _NoLock
+        if is_url(path):
+            cls, exists, existing_backend = self._at_url(
+                str(path), backend, options, storage_options
+            )
+        else:
+            exists = self.path.exists() or self.path.is_symlink()
+            existing_backend = _existing_store_backend(self.path) if exists else None
+            if resume and existing_backend is not None:
+                self.backend_name = existing_backend
+                if backend is not None and backend != existing_backend:
+                    msg = (
+                        f"cannot resume {str(self.path)!r} as {backend!r}: "
+                        f"it is a {existing_backend} store"
+                    )
+                    raise UnknownBackendError(msg)
+            else:
+                self.backend_name = backend_for_path(self.path, backend)
+            cls = backend_class(self.backend_name)
+            self.backend = cls(self.path, options)
+            self._lock = StoreLock(cls.lock_path(self.path), self.path)
         self._committer = (
             ThreadPoolExecutor(1, thread_name_prefix="oocstore-commit")
             if cls.background_sync
@@ -587,8 +608,45 @@ class Writer:
 
     # -- set-up ----------------------------------------------------------------------------------
 
+    def _at_url(
+        self,
+        url: str,
+        backend: str | None,
+        options: BackendOptions,
+        storage_options: Mapping[str, Any] | None,
+    ) -> tuple[type[Backend], bool, str | None]:
+        """Set up a Zarr store at an fsspec URL: ``(backend class, exists, existing backend)``.
+
+        There is no lock at a URL (see :mod:`oocstore.backends.zarr_fsspec`).
+        """
+        from .backends.zarr_fsspec import FsspecZarrBackend
+
+        if backend not in (None, "zarr"):
+            msg = f"a store at a URL ({url!r}) is a Zarr store; backend={backend!r} cannot be one"
+            raise UnknownBackendError(msg)
+        self.url = url
+        self.backend_name = "zarr"
+        options.extra["url"] = url
+        options.extra["storage_options"] = dict(storage_options or {})
+        remote = FsspecZarrBackend(self.path, options)
+        self.backend = remote
+        self._lock = _NoLock()
+        exists = remote.exists()
+        return FsspecZarrBackend, exists, "zarr" if exists and remote.holds_url_store() else None
+
     def _clear_existing(self, existing_backend: str | None, overwrite: bool) -> None:
         path = self.path
+        if self.url is not None:
+            if not overwrite or existing_backend is None:
+                what = "a store" if existing_backend else "something that is not a store"
+                msg = f"{what} already exists at {self.url!r}" + (
+                    "; pass overwrite=True to replace it or resume=True to continue it"
+                    if existing_backend
+                    else ""
+                )
+                raise StoreExistsError(msg)
+            self.backend.destroy()
+            return
         if existing_backend is None and path.is_dir() and not path.is_symlink():
             leftovers = [p.name for p in path.iterdir() if p.name != ".lock"]
             if not leftovers:
@@ -630,8 +688,12 @@ class Writer:
             old_lock.release()
 
     def _reopen(self) -> None:
-        cls = backend_class(self.backend_name)
-        manifest = cls.read_manifest(self.path)
+        if self.url is not None:
+            from .backends.zarr_fsspec import read_url_manifest
+
+            manifest = read_url_manifest(self.url, self.backend.options.extra["storage_options"])
+        else:
+            manifest = backend_class(self.backend_name).read_manifest(self.path)
         capacities = self.backend.open_existing(manifest)
         self._schema = manifest.schema
         self.attrs = {**manifest.attrs, **self.attrs}
@@ -695,7 +757,7 @@ class Writer:
             # A first guess only: shrunk to nothing if the disk cannot hold it (_new_array).
             capacity = max(n * 4, _INITIAL_BYTES // max(schema.sample_nbytes, 1), 1)
             self._guessed_capacity = True
-        if not self._guessed_capacity:
+        if not self._guessed_capacity and self.url is None:
             sizing.check_disk_space(self.path, capacity * schema.sample_nbytes)
         try:
             self._create_fields(schema, batch, capacity)
@@ -1094,6 +1156,7 @@ def write(
     commit_seconds: float = 30.0,
     attrs: Mapping[str, Any] | None = None,
     workers: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Store:
     """Stream every batch of ``source`` into a store at ``path`` and open it.
 
@@ -1156,6 +1219,7 @@ def write(
         "commit_bytes": commit_bytes,
         "commit_seconds": commit_seconds,
         "attrs": attrs,
+        "storage_options": storage_options,
     }
     if "dask" in sys.modules:  # a Dask array can only exist once dask is imported
         from .sources.dask import is_dask_source
@@ -1194,8 +1258,9 @@ def write(
         commit_bytes=commit_bytes,
         commit_seconds=commit_seconds,
         attrs=attrs,
+        storage_options=storage_options,
     )
     writer.n_batches_hint = stream.n_batches if length is None else None
     with writer:
         writer.extend(stream.batches)
-    return open_store(path)
+    return open_store(path, storage_options=dict(storage_options or {}))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import dask.array as _da
 import numpy as np
 
+from .._url import is_url
 from ..errors import CorruptStoreError, RaggedError
 
 if TYPE_CHECKING:
@@ -49,21 +50,26 @@ _cache_lock = threading.Lock()
 atexit.register(_cache.clear)
 
 
-def _open_cached(path: str, commit: str, *, fresh: bool = False) -> Store:
+def _open_cached(
+    path: str, commit: str, storage_options: dict[str, Any], *, fresh: bool = False
+) -> Store:
     """The store at ``path``, opened once per process for the commit ``commit`` names.
 
     The key holds the inode at ``path`` too: a store overwritten there since is a new one.
     """
     from ..reader import open as open_store
 
-    st = os.stat(path)
-    key = (path, commit, st.st_dev, st.st_ino)
+    if is_url(path):
+        key = (path, commit, 0, 0)
+    else:
+        st = os.stat(path)
+        key = (path, commit, st.st_dev, st.st_ino)
     with _cache_lock:
         store = None if fresh else _cache.get(key)
         if store is not None:
             _cache.move_to_end(key)
             return store
-    store = open_store(path)
+    store = open_store(path, storage_options=storage_options)
     with _cache_lock:
         _cache[key] = store
         while len(_cache) > _CACHE_SIZE:
@@ -81,8 +87,10 @@ class _FieldSource:
         array: str,
         shape: tuple[int, ...],
         dtype: np.dtype[Any],
+        storage_options: dict[str, Any],
     ) -> None:
         self.path = path
+        self.storage_options = storage_options
         self.commit = commit
         self.array = array
         self.shape = shape
@@ -91,10 +99,12 @@ class _FieldSource:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
-            return self._read(_open_cached(self.path, self.commit), key)
+            return self._read(_open_cached(self.path, self.commit, self.storage_options), key)
         except CorruptStoreError:
             # A cached view of files a writer has replaced since: open the store again.
-            return self._read(_open_cached(self.path, self.commit, fresh=True), key)
+            return self._read(
+                _open_cached(self.path, self.commit, self.storage_options, fresh=True), key
+            )
 
     def _read(self, store: Store, key: Any) -> np.ndarray:
         rows = key[0] if isinstance(key, tuple) else key
@@ -137,7 +147,8 @@ def _array(store: Store, field: str, shapes: bool) -> Any:
     n = len(store)
     spec = store.schema[field]
     commit = _commit_id(store)
-    path = os.fspath(store.path)
+    path = store.location
+    so = store.storage_options
     rows = block_rows(store, field)
     if shapes:
         if kind == "dense":
@@ -145,9 +156,9 @@ def _array(store: Store, field: str, shapes: bool) -> Any:
             return da.broadcast_to(const, (n, spec.ndim), chunks=(rows, spec.ndim))
         name = f"{field}.shapes"
         shp = store.manifest.arrays[name]
-        src = _FieldSource(path, commit, name, (n, *shp.shape), shp.dtype)
+        src = _FieldSource(path, commit, name, (n, *shp.shape), shp.dtype, so)
     else:
-        src = _FieldSource(path, commit, field, (n, *spec.shape), spec.dtype)
+        src = _FieldSource(path, commit, field, (n, *spec.shape), spec.dtype, so)
     chunks = (rows, *src.shape[1:]) if src.shape[0] else (1, *src.shape[1:])
     return da.from_array(
         src,

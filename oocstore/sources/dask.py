@@ -247,4 +247,4 @@ def write_dask(
             ]
             ledger = RegionLedger(writer)
             _run(tasks, lambda r: ledger.finished(*r))
-    return open_store(path)
+    return open_store(path, storage_options=writer_options.get("storage_options"))
