@@ -1189,7 +1189,7 @@ def write(
     own workers, each task filling its own chunk-aligned rows (see ``docs/dask.md``). With
     ``workers=N`` (N > 1), an indexable source (``len()`` and ``source[i]`` giving one sample:
     a map-style Dataset, a list of samples) is read by N worker processes, each filling its
-    own rows; the source must pickle.
+    own rows; the source must pickle. ``workers=1`` writes the same source in this process.
 
     Returns
     -------
@@ -1237,6 +1237,8 @@ def write(
         return write_indexable(
             source, path, workers=workers, names=names, casting=casting, **common
         )
+    if workers == 1:
+        batched = False  # workers= means an indexable source of samples, whatever N is
     stream = as_stream(source, batched=batched)
     writer = Writer(
         path,

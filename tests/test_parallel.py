@@ -25,7 +25,7 @@ def assert_equal(store: oocstore.Store, n: int) -> None:
 
 def test_workers_equal_one_process(store_path: Path, backend: str) -> None:
     """workers=2 writes exactly what workers=1 writes, on every backend."""
-    one = oocstore.write(Samples(N), store_path.with_name("one" + store_path.suffix), batched=False)
+    one = oocstore.write(Samples(N), store_path.with_name("one" + store_path.suffix), workers=1)
     two = oocstore.write(Samples(N), store_path, workers=2, chunks=64)
     assert two.complete
     assert two.fields == one.fields == ("x", "y")
