@@ -28,6 +28,7 @@ from .errors import (
     StoreNotFoundError,
     UnknownBackendError,
     UnsupportedDtypeError,
+    UnsupportedStorageError,
     WorkerFailedError,
     WriterClosedError,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "StoreNotFoundError",
     "UnknownBackendError",
     "UnsupportedDtypeError",
+    "UnsupportedStorageError",
     "WorkerFailedError",
     "Writer",
     "WriterClosedError",

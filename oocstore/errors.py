@@ -28,6 +28,7 @@ __all__ = [
     "StoreNotFoundError",
     "UnknownBackendError",
     "UnsupportedDtypeError",
+    "UnsupportedStorageError",
     "WorkerFailedError",
     "WriterClosedError",
 ]
@@ -155,6 +156,10 @@ class DiskFullError(OocstoreError, OSError):
 
 class WriterClosedError(OocstoreError, ValueError):
     """An operation on a Writer that is already closed."""
+
+
+class UnsupportedStorageError(OocstoreError, ValueError):
+    """The storage cannot do what was asked (e.g. other processes writing a memory:// store)."""
 
 
 class WorkerFailedError(OocstoreError, RuntimeError):

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 import oocstore
-from oocstore.errors import StoreExistsError, StoreNotFoundError, UnknownBackendError
+from oocstore.errors import (
+    StoreExistsError,
+    StoreNotFoundError,
+    UnknownBackendError,
+    UnsupportedStorageError,
+)
+
+from .parallel_sources import Samples
 
 fsspec = pytest.importorskip("fsspec")
 
@@ -97,3 +104,16 @@ def test_url_errors(memory_url: str) -> None:
         oocstore.Writer(memory_url + "2", backend="npy")
     with pytest.raises(StoreNotFoundError, match="no store"):
         oocstore.open(memory_url + "-missing")
+
+
+def test_dask_write_to_memory_url(memory_url: str) -> None:
+    """Threads share the process's memory filesystem and write it; other processes cannot,
+    and say so instead of declaring rows that never reached the store."""
+    dask = pytest.importorskip("dask")
+    da = pytest.importorskip("dask.array")
+    arrays = (da.from_array(X, chunks=100), da.from_array(Y, chunks=100))
+    with dask.config.set(scheduler="threads"):
+        check(oocstore.write(arrays, memory_url, names=("x", "y"), chunks=64))
+    with pytest.raises(UnsupportedStorageError, match="memory"):
+        oocstore.write(Samples(50), memory_url + "2", workers=2)
+    assert len(oocstore.open(memory_url + "2")) == 0

@@ -16,13 +16,14 @@ not (a plain local path keeps the crash-safe backend).
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, CorruptStoreError
+from ..errors import BackendUnavailableError, CorruptStoreError, UnsupportedStorageError
 from ..manifest import MAX_MANIFEST_BYTES, Manifest
 from ._lazy import LazyArray
 from .base import ArrayReader, Backend, BackendOptions, RegionWriter
@@ -339,6 +340,7 @@ class FsspecZarrRegionWriter(RegionWriter):
         self.name = name
         self.url = url
         self.storage_options = storage_options
+        self.pid = os.getpid()
         self._arr: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -347,6 +349,14 @@ class FsspecZarrRegionWriter(RegionWriter):
     def write(self, start: int, values: np.ndarray) -> None:
         if len(values) == 0:
             return
+        if self.url.startswith("memory://") and os.getpid() != self.pid:
+            # Each process has its own memory filesystem: these rows would never reach the
+            # store, and the parent would declare rows nobody wrote.
+            msg = (
+                f"{self.url!r} lives in the memory of the process that created it; other "
+                "processes cannot write it: use the threaded scheduler, or a shared filesystem"
+            )
+            raise UnsupportedStorageError(msg)
         if self._arr is None:
             store = _zarr_store(self.url, self.storage_options, read_only=False)
             self._arr = _open_array(store, self.name, read_only=False)
