@@ -43,8 +43,8 @@ Spans = dict[str, list[Any]]
 """Per array, the ``[start, stop, crc32c hex]`` span of the rows a region wrote."""
 
 MAX_REGIONS = 1024
-"""At most this many regions per write: each adds one checksum span per array to the
-manifest, which must fit the HDF5 backend's commit slot (~510 KiB)."""
+"""At most this many regions per write: fewer, larger tasks for Dask's scheduler (each region's
+checksum span is merged into at most ``checksum.MAX_SPANS`` per array by the writer)."""
 REGION_BYTES = 64 * 2**20
 """Target bytes of one region over all fields, when nothing else decides."""
 

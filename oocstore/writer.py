@@ -915,7 +915,10 @@ class Writer:
                 msg = f"array {a.name!r} holds {a.rows} rows, the store {self.length}"
                 raise ValueError(msg)
             a.skip_to(stop)
-            self.checksums.setdefault(a.name, []).extend(list(sp) for sp in spans.get(a.name, ()))
+            mine = self.checksums.setdefault(a.name, [])
+            mine.extend(list(sp) for sp in spans.get(a.name, ()))
+            if len(mine) > MAX_SPANS:
+                self.checksums[a.name] = coalesce(mine, a.row_nbytes, MAX_SPANS)
             self.backend.rows_written(a.name, stop)
             nbytes += (stop - self.length) * a.row_nbytes
         if self._progress is not None:
@@ -1084,7 +1087,10 @@ class Writer:
             for a in fw.arrays.values():
                 a.release_buffer()
         # A lock file beside the store (zarr, hdf5) goes with the writer; one inside stays.
-        self._lock.release(remove=self._lock.path.parent != self.path)
+        if isinstance(self._lock, StoreLock):
+            self._lock.release(remove=self._lock.path.parent != self.path)
+        else:
+            self._lock.release()
 
     def __enter__(self) -> Writer:
         if self._progress_flag is not False and self._progress is None:

@@ -68,3 +68,16 @@ def test_workers_refuse_what_they_cannot_do(tmp_path: Path) -> None:
         oocstore.write([np.zeros(3), lambda: 0], tmp_path / "p.ooc", workers=2)
     with pytest.raises(ValueError, match="positive"):
         oocstore.write(Samples(3), tmp_path / "z.ooc", workers=0)
+
+
+def test_many_regions_keep_checksum_spans_bounded(tmp_path: Path) -> None:
+    """More regions than MAX_SPANS: spans are merged, and verify() still passes."""
+    from oocstore.checksum import MAX_SPANS
+
+    da = pytest.importorskip("dask.array")
+    x = np.arange(3 * (MAX_SPANS + 100), dtype=np.int32)
+    store = oocstore.write(da.from_array(x, chunks=3), tmp_path / "s.zarr", chunks=3)
+    spans = store.manifest.extra["checksums"]["spans"]["0"]
+    assert len(spans) <= MAX_SPANS
+    np.testing.assert_array_equal(store["0"][:], x)
+    assert store.verify() == []
