@@ -26,7 +26,7 @@ import dask.array as _da
 import numpy as np
 from dask.callbacks import Callback
 
-from .._parallel import Region, RegionLedger, Spans, alignment, region_rows
+from .._parallel import MAX_REGIONS, Region, RegionLedger, Spans, alignment, region_rows
 from ..backends.base import RegionWriter
 from ..errors import BatchError, SchemaError
 
@@ -191,14 +191,13 @@ def write_dask(
     from ..writer import Writer
 
     empty, given = _as_arrays(source)
-    provisional = (
-        dict(given)
-        if isinstance(given, dict)
-        else {str(k) if names is None else str(names[k]): a for k, a in enumerate(given)}
-        if names is None or len(names) == len(given)
-        else {str(k): a for k, a in enumerate(given)}
-    )
-    n = _check(provisional)
+    if isinstance(given, dict):
+        labelled = given
+    else:  # names only label the length check's message; the writer checks them
+        named = names is not None and len(names) == len(given)
+        labels = [str(names[k]) if named else str(k) for k in range(len(given))]  # type: ignore[index]
+        labelled = dict(zip(labels, given, strict=True))
+    n = _check(labelled)
     if n == 0:
         from ..errors import EmptySourceError
 
@@ -232,7 +231,7 @@ def write_dask(
             step = region_rows(align, n - head, row)
             # Near the arrays' own chunking, so rechunking moves little data.
             step = min(step, max(-(-typical // align), 1) * align)
-            step = max(step, -(-(n - head) // 1024 // align) * align)
+            step = max(step, -(-(n - head) // MAX_REGIONS // align) * align)
             writers = writer.region_writers(n)
             parts = [
                 a[head:].rechunk({0: step, **dict.fromkeys(range(1, a.ndim), -1)})
