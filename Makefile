@@ -18,7 +18,7 @@ $(VENV)/.installed-core: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-core
-	$(BIN)/python -m pip install -q -e '.[dev,bench,docs]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench,docs,dask]'
 	$(BIN)/python -m pip install -q '$(TORCH)' || echo "warning: $(TORCH) could not be installed; its tests will be skipped"
 	$(BIN)/python -m pip install -q '$(TF)' || echo "warning: $(TF) could not be installed; its tests will be skipped"
 	$(BIN)/python -m pip install -q '$(JAX)' || echo "warning: $(JAX) could not be installed; its tests will be skipped"

@@ -28,6 +28,8 @@ from .errors import (
     StoreNotFoundError,
     UnknownBackendError,
     UnsupportedDtypeError,
+    UnsupportedStorageError,
+    WorkerFailedError,
     WriterClosedError,
 )
 from .ingest import ingest_images
@@ -63,6 +65,8 @@ __all__ = [
     "StoreNotFoundError",
     "UnknownBackendError",
     "UnsupportedDtypeError",
+    "UnsupportedStorageError",
+    "WorkerFailedError",
     "Writer",
     "WriterClosedError",
     "__version__",

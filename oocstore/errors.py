@@ -28,6 +28,8 @@ __all__ = [
     "StoreNotFoundError",
     "UnknownBackendError",
     "UnsupportedDtypeError",
+    "UnsupportedStorageError",
+    "WorkerFailedError",
     "WriterClosedError",
 ]
 
@@ -154,6 +156,14 @@ class DiskFullError(OocstoreError, OSError):
 
 class WriterClosedError(OocstoreError, ValueError):
     """An operation on a Writer that is already closed."""
+
+
+class UnsupportedStorageError(OocstoreError, ValueError):
+    """The storage cannot do what was asked (e.g. other processes writing a memory:// store)."""
+
+
+class WorkerFailedError(OocstoreError, RuntimeError):
+    """A worker process died (killed, out of memory) before it finished its rows."""
 
 
 class IngestError(OocstoreError, ValueError):

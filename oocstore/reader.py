@@ -10,7 +10,7 @@ import contextlib
 import math
 import mmap
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
+from ._url import is_url
 from .backends import backend_class, detect_backend
 from .backends.base import ArrayReader
 from .checksum import ALGORITHM, hash_rows
@@ -157,13 +158,37 @@ class Store:
     the number of committed samples; iterating a store gives its field names, as a dict does.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
         self.path = Path(path)
-        self.backend = detect_backend(self.path)
+        self.url: str | None = str(path) if is_url(path) else None
+        """The fsspec URL of a store opened from one (``self.path`` is then meaningless)."""
+        self.storage_options = dict(storage_options or {})
+        self.backend = "zarr" if self.url is not None else detect_backend(self.path)
         self._cls = backend_class(self.backend)
         self._manifest: Manifest
         self._arrays: dict[str, ArrayReader]
-        self._manifest, self._arrays = self._open_arrays(self._cls.read_manifest(self.path))
+        self._manifest, self._arrays = self._open_arrays(self._read_manifest())
+
+    @property
+    def location(self) -> str:
+        """Where the store is: its path, or the URL it was opened from."""
+        return self.url if self.url is not None else os.fspath(self.path)
+
+    def _read_manifest(self) -> Manifest:
+        if self.url is not None:
+            from .backends.zarr_fsspec import read_url_manifest
+
+            return read_url_manifest(self.url, self.storage_options)
+        return self._cls.read_manifest(self.path)
+
+    def _open_manifest_arrays(self, manifest: Manifest) -> dict[str, ArrayReader]:
+        if self.url is not None:
+            from .backends.zarr_fsspec import open_url_arrays
+
+            return open_url_arrays(self.url, manifest, self.storage_options)
+        return self._cls.open_arrays(self.path, manifest)
 
     def _open_arrays(self, manifest: Manifest) -> tuple[Manifest, dict[str, ArrayReader]]:
         """Open ``manifest``'s arrays; if a writer commits meanwhile, open the newer commit.
@@ -174,13 +199,13 @@ class Store:
         """
         for _ in range(_OPEN_ATTEMPTS - 1):
             try:
-                return manifest, self._cls.open_arrays(self.path, manifest)
+                return manifest, self._open_manifest_arrays(manifest)
             except CorruptStoreError:
-                latest = self._cls.read_manifest(self.path)
+                latest = self._read_manifest()
                 if latest.to_json() == manifest.to_json():
                     raise
                 manifest = latest
-        return manifest, self._cls.open_arrays(self.path, manifest)
+        return manifest, self._open_manifest_arrays(manifest)
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -276,6 +301,27 @@ class Store:
             spec = self.schema[field]
             return np.broadcast_to(np.asarray(spec.shape, dtype=np.int64), (len(self), spec.ndim))
         return np.asarray(self._arrays[f"{field}.shapes"])
+
+    def physical_array(self, name: str) -> ArrayReader:
+        """One physical array by name (``x``, ``x.shapes``, ``x.values``...), committed rows."""
+        if name not in self._arrays:
+            msg = f"no array {name!r} in store {str(self.path)!r}; arrays: {list(self._arrays)}"
+            raise KeyError(msg)
+        return self._arrays[name]
+
+    def chunk_rows(self, name: str) -> int | None:
+        """Rows per chunk of physical array ``name`` on disk; None when it is not chunked."""
+        arr = self.physical_array(name)
+        chunks = getattr(arr, "chunks", None)
+        if self.backend == "zarr" and isinstance(chunks, tuple) and chunks:
+            return int(chunks[0])
+        info = self._manifest.extra.get("hdf5")
+        if isinstance(info, dict) and isinstance(info.get("arrays"), dict):
+            entry = info["arrays"].get(name)
+            if isinstance(entry, dict) and entry.get("layout") == "chunked":
+                rows = entry.get("chunk_rows")
+                return int(rows) if isinstance(rows, int) and rows > 0 else None
+        return None
 
     def sample(self, field: str, index: int) -> np.ndarray:
         """Sample ``index`` of ``field`` with its true shape (padding cut off)."""
@@ -396,6 +442,20 @@ class Store:
 
         return to_tf(self, batch_size, shuffle, seed=seed, drop_last=drop_last, fields=fields)
 
+    def to_dask(self, field: str | Sequence[str] | None = None, *, shapes: bool = False) -> Any:
+        """Fields as ``dask.array.Array`` objects chunked as stored (imports Dask).
+
+        ``field``: one name gives one array; a list or tuple of names, or None (every field),
+        gives a dict. Chunks follow the store's chunks on Zarr and chunked HDF5, and are
+        blocks of ~64 MiB of whole samples on memory-mapped fields; the graph holds the
+        store's path, so any Dask scheduler reads the files directly. A ragged field gives
+        its padded array, or with ``shapes=True`` each sample's true shape; a packed field
+        raises RaggedError. See :mod:`oocstore.sinks.dask`.
+        """
+        from .sinks.dask import to_dask
+
+        return to_dask(self, field, shapes=shapes)
+
     def batches(
         self,
         batch_size: int,
@@ -423,7 +483,7 @@ class Store:
 
         The committed length never goes down: a manifest that says less is ignored.
         """
-        manifest = self._cls.read_manifest(self.path)
+        manifest = self._read_manifest()
         if manifest.length < self._manifest.length:
             return False
         if manifest.to_json() == self._manifest.to_json():
@@ -460,7 +520,9 @@ class Store:
     ) -> None:
         self.close()
 
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        if self.url is not None:
+            return (_open_url, (self.url, self.storage_options))
         return (open, (os.fspath(self.path),))
 
     def __repr__(self) -> str:
@@ -469,12 +531,19 @@ class Store:
             f"{s.name}: {s.dtype}{list(s.shape)}{' ragged' if s.ragged else ''}"
             for s in self.schema.fields
         )
-        where = f"{str(self.path)!r} {self.backend}"
+        where = f"{self.location!r} {self.backend}"
         return f"<oocstore.Store {where} {len(self)} samples {state} ({fields})>"
 
 
-def open(path: str | os.PathLike[str]) -> Store:
+def _open_url(url: str, storage_options: dict[str, Any]) -> Store:
+    return Store(url, storage_options=storage_options)
+
+
+def open(path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None) -> Store:
     """Open the store at ``path`` read-only; the backend is detected from what is on disk.
+
+    ``path`` may be an fsspec URL (``memory://...``, ``s3://...``) of a Zarr store;
+    ``storage_options`` then go to its filesystem.
 
     Raises
     ------
@@ -485,4 +554,4 @@ def open(path: str | os.PathLike[str]) -> Store:
     CorruptStoreError
         If the manifest or a file is damaged, tampered with or inconsistent.
     """
-    return Store(path)
+    return Store(path, storage_options=storage_options)

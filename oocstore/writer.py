@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,8 +24,9 @@ import numpy as np
 
 from . import sizing
 from ._lock import StoreLock
+from ._url import is_url
 from .backends import backend_class, backend_for_path, detect_backend
-from .backends.base import Backend, BackendOptions
+from .backends.base import Backend, BackendOptions, RegionWriter
 from .batches import Batch, FieldValue, split_batch
 from .checksum import ALGORITHM, MAX_SPANS, SpanHasher, coalesce
 from .errors import (
@@ -163,6 +165,16 @@ class _StagedArray:
     def release_buffer(self) -> None:
         """Drop the staging buffer (after close)."""
         self._buf = None
+
+    def skip_to(self, stop: int) -> None:
+        """Continue at row ``stop``: rows up to it were written by region writers.
+
+        The caller flushed the stage and took its checksum span first.
+        """
+        self.stage_start = stop
+        self.fill = 0
+        self.capacity = max(self.capacity, stop)
+        self.hasher = SpanHasher(stop)
 
 
 class _FieldWriter:
@@ -408,6 +420,16 @@ class _EarlyFlush:
             pending.result()
 
 
+class _NoLock:
+    """A store at a URL has no flock: nothing to take (see docs/dask.md)."""
+
+    def acquire(self) -> None:
+        """Nothing to lock."""
+
+    def release(self) -> None:
+        """Nothing to unlock."""
+
+
 class Writer:
     """Write batches into a store incrementally; a context manager.
 
@@ -450,6 +472,10 @@ class Writer:
         Commit after this many bytes or seconds since the last commit.
     attrs
         JSON-serialisable user metadata kept in the manifest.
+    storage_options
+        For a store at an fsspec URL (``memory://``, ``s3://``...; always Zarr): passed to
+        the fsspec filesystem. Such a store has no single-writer lock and no fsync; see
+        ``docs/dask.md``.
 
     Raises
     ------
@@ -481,6 +507,7 @@ class Writer:
         commit_bytes: int | None = None,
         commit_seconds: float = 30.0,
         attrs: Mapping[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if ragged not in ("pad", "pack", "error"):
             msg = f"ragged must be 'pad', 'pack' or 'error', not {ragged!r}"
@@ -521,36 +548,41 @@ class Writer:
         self.skip = 0  # samples of the source already stored (resume)
         self.bytes_written = 0
 
-        exists = self.path.exists() or self.path.is_symlink()
-        existing_backend = _existing_store_backend(self.path) if exists else None
-        if resume and existing_backend is not None:
-            self.backend_name = existing_backend
-            if backend is not None and backend != existing_backend:
-                msg = (
-                    f"cannot resume {str(self.path)!r} as {backend!r}: "
-                    f"it is a {existing_backend} store"
-                )
-                raise UnknownBackendError(msg)
-        else:
-            self.backend_name = backend_for_path(self.path, backend)
-        cls = backend_class(self.backend_name)
-        self.backend: Backend = cls(
-            self.path,
-            BackendOptions(
-                chunks=dict(chunks) if isinstance(chunks, Mapping) else chunks,
-                compressors=compressors,
-                extra={
-                    # HDF5 lays out arrays of exactly the declared length contiguous.
-                    "length": self.length_expected,
-                    **(
-                        {"shards": dict(shards) if isinstance(shards, Mapping) else shards}
-                        if shards is not None
-                        else {}
-                    ),
-                },
-            ),
+        options = BackendOptions(
+            chunks=dict(chunks) if isinstance(chunks, Mapping) else chunks,
+            compressors=compressors,
+            extra={
+                # HDF5 lays out arrays of exactly the declared length contiguous.
+                "length": self.length_expected,
+                **(
+                    {"shards": dict(shards) if isinstance(shards, Mapping) else shards}
+                    if shards is not None
+                    else {}
+                ),
+            },
         )
-        self._lock = StoreLock(cls.lock_path(self.path), self.path)
+        self.url: str | None = None
+        self._lock: StoreLock | _NoLock
+        if is_url(path):
+            cls, exists, existing_backend = self._at_url(
+                str(path), backend, options, storage_options
+            )
+        else:
+            exists = self.path.exists() or self.path.is_symlink()
+            existing_backend = _existing_store_backend(self.path) if exists else None
+            if resume and existing_backend is not None:
+                self.backend_name = existing_backend
+                if backend is not None and backend != existing_backend:
+                    msg = (
+                        f"cannot resume {str(self.path)!r} as {backend!r}: "
+                        f"it is a {existing_backend} store"
+                    )
+                    raise UnknownBackendError(msg)
+            else:
+                self.backend_name = backend_for_path(self.path, backend)
+            cls = backend_class(self.backend_name)
+            self.backend = cls(self.path, options)
+            self._lock = StoreLock(cls.lock_path(self.path), self.path)
         self._committer = (
             ThreadPoolExecutor(1, thread_name_prefix="oocstore-commit")
             if cls.background_sync
@@ -576,8 +608,45 @@ class Writer:
 
     # -- set-up ----------------------------------------------------------------------------------
 
+    def _at_url(
+        self,
+        url: str,
+        backend: str | None,
+        options: BackendOptions,
+        storage_options: Mapping[str, Any] | None,
+    ) -> tuple[type[Backend], bool, str | None]:
+        """Set up a Zarr store at an fsspec URL: ``(backend class, exists, existing backend)``.
+
+        There is no lock at a URL (see :mod:`oocstore.backends.zarr_fsspec`).
+        """
+        from .backends.zarr_fsspec import FsspecZarrBackend
+
+        if backend not in (None, "zarr"):
+            msg = f"a store at a URL ({url!r}) is a Zarr store; backend={backend!r} cannot be one"
+            raise UnknownBackendError(msg)
+        self.url = url
+        self.backend_name = "zarr"
+        options.extra["url"] = url
+        options.extra["storage_options"] = dict(storage_options or {})
+        remote = FsspecZarrBackend(self.path, options)
+        self.backend = remote
+        self._lock = _NoLock()
+        exists = remote.exists()
+        return FsspecZarrBackend, exists, "zarr" if exists and remote.holds_url_store() else None
+
     def _clear_existing(self, existing_backend: str | None, overwrite: bool) -> None:
         path = self.path
+        if self.url is not None:
+            if not overwrite or existing_backend is None:
+                what = "a store" if existing_backend else "something that is not a store"
+                msg = f"{what} already exists at {self.url!r}" + (
+                    "; pass overwrite=True to replace it or resume=True to continue it"
+                    if existing_backend
+                    else ""
+                )
+                raise StoreExistsError(msg)
+            self.backend.destroy()
+            return
         if existing_backend is None and path.is_dir() and not path.is_symlink():
             leftovers = [p.name for p in path.iterdir() if p.name != ".lock"]
             if not leftovers:
@@ -619,8 +688,12 @@ class Writer:
             old_lock.release()
 
     def _reopen(self) -> None:
-        cls = backend_class(self.backend_name)
-        manifest = cls.read_manifest(self.path)
+        if self.url is not None:
+            from .backends.zarr_fsspec import read_url_manifest
+
+            manifest = read_url_manifest(self.url, self.backend.options.extra["storage_options"])
+        else:
+            manifest = backend_class(self.backend_name).read_manifest(self.path)
         capacities = self.backend.open_existing(manifest)
         self._schema = manifest.schema
         self.attrs = {**manifest.attrs, **self.attrs}
@@ -684,7 +757,7 @@ class Writer:
             # A first guess only: shrunk to nothing if the disk cannot hold it (_new_array).
             capacity = max(n * 4, _INITIAL_BYTES // max(schema.sample_nbytes, 1), 1)
             self._guessed_capacity = True
-        if not self._guessed_capacity:
+        if not self._guessed_capacity and self.url is None:
             sizing.check_disk_space(self.path, capacity * schema.sample_nbytes)
         try:
             self._create_fields(schema, batch, capacity)
@@ -791,6 +864,68 @@ class Writer:
             time.monotonic() - self._last_commit >= self.commit_every_seconds
         ):
             self.commit(wait=False)
+
+    # -- regions written by other processes (oocstore._parallel) ---------------------------
+
+    def region_arrays(self) -> list[str]:
+        """The physical arrays region writers fill (every array of every field)."""
+        return [a.name for a in self._live_arrays()]
+
+    def region_writers(self, stop: int) -> dict[str, RegionWriter]:
+        """Picklable writers of rows ``[length, stop)`` for tasks in other processes.
+
+        Everything appended so far is committed first, and every array gets storage for
+        ``stop`` rows. The rows count only once :meth:`adopt_rows` declares them.
+
+        Raises
+        ------
+        RaggedError
+            If a field is not dense (regions of padded or packed fields are not supported).
+        """
+        self._check_open()
+        for fw in self._fields.values():
+            if fw.layout.kind != "dense":
+                msg = f"field is stored {fw.layout.kind}: parallel writers fill dense fields only"
+                raise RaggedError(
+                    msg,
+                    field=fw.spec.name,
+                    hint="write this source without workers= (one process)",
+                )
+        self.commit()
+        out = {}
+        for a in self._live_arrays():
+            out[a.name] = self.backend.region_writer(a.name, stop)
+            a.capacity = max(a.capacity, stop)
+        return out
+
+    def adopt_rows(self, stop: int, spans: Mapping[str, Sequence[list[Any]]]) -> None:
+        """Count rows ``[length, stop)`` that region writers made durable, with their
+        checksum spans; the next commit declares them."""
+        self._check_open()
+        if stop < self.length:
+            msg = f"rows up to {stop} adopted, but {self.length} are already appended"
+            raise ValueError(msg)
+        nbytes = 0
+        for a in self._live_arrays():
+            a.flush()
+            span = a.hasher.take(a.rows)
+            if span is not None:
+                self.checksums.setdefault(a.name, []).append(span)
+            if a.rows != self.length:
+                msg = f"array {a.name!r} holds {a.rows} rows, the store {self.length}"
+                raise ValueError(msg)
+            a.skip_to(stop)
+            mine = self.checksums.setdefault(a.name, [])
+            mine.extend(list(sp) for sp in spans.get(a.name, ()))
+            if len(mine) > MAX_SPANS:
+                self.checksums[a.name] = coalesce(mine, a.row_nbytes, MAX_SPANS)
+            self.backend.rows_written(a.name, stop)
+            nbytes += (stop - self.length) * a.row_nbytes
+        if self._progress is not None:
+            self._progress.update(stop - self.length, nbytes)
+        self.length = stop
+        self.bytes_written += nbytes
+        self._since_commit += nbytes
 
     def extend(self, batches: Iterable[Any]) -> None:
         """Append every batch of ``batches``."""
@@ -952,7 +1087,10 @@ class Writer:
             for a in fw.arrays.values():
                 a.release_buffer()
         # A lock file beside the store (zarr, hdf5) goes with the writer; one inside stays.
-        self._lock.release(remove=self._lock.path.parent != self.path)
+        if isinstance(self._lock, StoreLock):
+            self._lock.release(remove=self._lock.path.parent != self.path)
+        else:
+            self._lock.release()
 
     def __enter__(self) -> Writer:
         if self._progress_flag is not False and self._progress is None:
@@ -1023,6 +1161,8 @@ def write(
     commit_bytes: int | None = None,
     commit_seconds: float = 30.0,
     attrs: Mapping[str, Any] | None = None,
+    workers: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Store:
     """Stream every batch of ``source`` into a store at ``path`` and open it.
 
@@ -1051,6 +1191,12 @@ def write(
         samples), even a ``tf.data`` element the pipeline does not mark as one. False: each
         item is one sample.
 
+    A ``dask.array.Array`` (or a tuple/dict of them, aligned on axis 0) is written by Dask's
+    own workers, each task filling its own chunk-aligned rows (see ``docs/dask.md``). With
+    ``workers=N`` (N > 1), an indexable source (``len()`` and ``source[i]`` giving one sample:
+    a map-style Dataset, a list of samples) is read by N worker processes, each filling its
+    own rows; the source must pickle. ``workers=1`` writes the same source in this process.
+
     Returns
     -------
     Store
@@ -1067,6 +1213,38 @@ def write(
     """
     from .reader import open as open_store
 
+    common: dict[str, Any] = {
+        "backend": backend,
+        "overwrite": overwrite,
+        "resume": resume,
+        "memory": memory,
+        "progress": progress,
+        "chunks": chunks,
+        "compressors": compressors,
+        "shards": shards,
+        "commit_bytes": commit_bytes,
+        "commit_seconds": commit_seconds,
+        "attrs": attrs,
+        "storage_options": storage_options,
+    }
+    if "dask" in sys.modules:  # a Dask array can only exist once dask is imported
+        from .sources.dask import is_dask_source
+
+        if is_dask_source(source):
+            if workers is not None:
+                msg = "workers= is for indexable sources; Dask's scheduler runs a Dask array"
+                raise ValueError(msg)
+            from .sources.dask import write_dask
+
+            return write_dask(source, path, names=names, casting=casting, **common)
+    if workers is not None and workers != 1:
+        from ._parallel import write_indexable
+
+        return write_indexable(
+            source, path, workers=workers, names=names, casting=casting, **common
+        )
+    if workers == 1:
+        batched = False  # workers= means an indexable source of samples, whatever N is
     stream = as_stream(source, batched=batched)
     writer = Writer(
         path,
@@ -1088,8 +1266,9 @@ def write(
         commit_bytes=commit_bytes,
         commit_seconds=commit_seconds,
         attrs=attrs,
+        storage_options=storage_options,
     )
     writer.n_batches_hint = stream.n_batches if length is None else None
     with writer:
         writer.extend(stream.batches)
-    return open_store(path)
+    return open_store(path, storage_options=dict(storage_options or {}))

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-FRAMEWORKS = ("torch", "tensorflow", "keras", "jax")
+FRAMEWORKS = ("torch", "tensorflow", "keras", "jax", "dask", "distributed", "fsspec")
 
 SCRIPT = """
 import sys, numpy as np, oocstore

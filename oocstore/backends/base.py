@@ -17,7 +17,7 @@ import numpy as np
 
 from ..manifest import Manifest
 
-__all__ = ["ArrayReader", "Backend", "BackendOptions"]
+__all__ = ["ArrayReader", "Backend", "BackendOptions", "RegionWriter"]
 
 
 class ArrayReader(Protocol):
@@ -41,6 +41,31 @@ class BackendOptions:
     """Passed to the chunked backends' compressors (None: the backend's default)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Anything else a backend documents."""
+
+
+class RegionWriter(ABC):
+    """Writes rows of one array whose storage the parent writer already allocated, from any
+    process: it pickles as paths and numbers, so Dask tasks and worker processes each fill
+    their own disjoint rows (``oocstore.write`` of a Dask array, ``workers=``).
+
+    Regions start on a multiple of :meth:`Backend.chunk_rows` and end on one (or at the
+    array's end), so no chunk file is shared by two writers. Nothing written here is
+    declared until the parent commits it, after :meth:`sync` returned in every writer.
+    """
+
+    name: str
+    """The physical array written."""
+
+    @abstractmethod
+    def write(self, start: int, values: np.ndarray) -> None:
+        """Write rows ``values`` from row ``start`` (inside the allocated rows)."""
+
+    @abstractmethod
+    def sync(self) -> None:
+        """Make every row written so far durable (before the parent commits them)."""
+
+    def close(self) -> None:  # noqa: B027 -- optional: writers without handles need nothing
+        """Release file handles (the writer may be used again: it reopens them)."""
 
 
 class Backend(ABC):
@@ -159,6 +184,15 @@ class Backend(ABC):
         written in place at its offset, so batches go straight through without a copy.
         """
         return self.chunk_rows(name)
+
+    def region_writer(self, name: str, stop: int) -> RegionWriter:
+        """A picklable writer of array ``name``'s rows from another process, with storage
+        allocated for rows ``[0, stop)`` first (see :class:`RegionWriter`)."""
+        msg = f"the {self.name} backend cannot write regions from other processes"
+        raise NotImplementedError(msg)
+
+    def rows_written(self, name: str, stop: int) -> None:  # noqa: B027 -- optional hook
+        """Note that region writers filled rows ``[0, stop)`` of ``name`` (before a commit)."""
 
     @abstractmethod
     def sync(self, lengths: dict[str, int]) -> None:

@@ -74,9 +74,16 @@ from .._durable import fsync_dir, fsync_fd, open_nofollow, preallocate, pwrite_a
 from ..errors import CorruptStoreError, DiskFullError, SchemaError, UnsupportedDtypeError
 from ..manifest import ArraySpec, Manifest
 from ._lazy import LazyArray
-from .base import ArrayReader, Backend, BackendOptions
+from .base import ArrayReader, Backend, BackendOptions, RegionWriter
 
-__all__ = ["ATTRIBUTE", "DROPPED_GROUP", "ExtentArray", "Hdf5Backend", "USERBLOCK_BYTES"]
+__all__ = [
+    "ATTRIBUTE",
+    "DROPPED_GROUP",
+    "USERBLOCK_BYTES",
+    "ExtentArray",
+    "Hdf5Backend",
+    "Hdf5RegionWriter",
+]
 
 log = logging.getLogger(__name__)
 
@@ -1072,13 +1079,9 @@ class Hdf5Backend(Backend):
         _copy_rows(f.fd, arr, f.fd, new, arr.allocated, f.path)
         self._unsynced = True
 
-    def write(self, name: str, start: int, values: np.ndarray) -> None:
-        f = self._current()
+    def _allocate(self, f: _File, name: str, stop: int) -> _Array:
+        """Give ``name`` storage for rows ``[0, stop)``; return its (maybe new) state."""
         arr = f.arrays[name]
-        n = len(values)
-        if n == 0:
-            return
-        stop = start + n
         if stop > arr.allocated:
             with self._mutex:
                 if arr.layout == "empty":
@@ -1088,7 +1091,25 @@ class Hdf5Backend(Backend):
                     arr = f.arrays[name]
                 else:
                     self._grow(f, arr, stop, max(arr.requested, stop))
+        return arr
+
+    def write(self, name: str, start: int, values: np.ndarray) -> None:
+        f = self._current()
+        n = len(values)
+        if n == 0:
+            return
+        arr = self._allocate(f, name, start + n)
         _write_into(f, arr, start, values)
+
+    def region_writer(self, name: str, stop: int) -> RegionWriter:
+        f = self._current()
+        arr = self._allocate(f, name, stop)
+        with self._mutex:
+            # The extents now cover [0, stop): they never move while the writer runs.
+            copy = _Array(arr.name, arr.dtype, arr.shape, arr.layout, arr.chunk_rows)
+            copy.allocated = arr.allocated
+            copy.extents = [list(e) for e in arr.extents]
+        return Hdf5RegionWriter(name, f.path, copy)
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         f = self._current()
@@ -1450,6 +1471,42 @@ class Hdf5Backend(Backend):
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+class Hdf5RegionWriter(RegionWriter):
+    """Rows of one dataset, written with ``pwrite`` at the file offsets its extents give."""
+
+    def __init__(self, name: str, path: Path, array: _Array) -> None:
+        self.name = name
+        self.path = path
+        self.array = array
+        self._fd: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": None}  # a file descriptor does not cross processes
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        arr = self.array
+        if not arr.row_nbytes or not len(values):
+            return
+        if self._fd is None:
+            self._fd = open_nofollow(self.path, os.O_WRONLY)
+        data = np.ascontiguousarray(values)
+        if data.dtype != arr.dtype:
+            data = data.astype(arr.dtype)
+        buf = data.reshape(-1).view(np.uint8)
+        row = arr.row_nbytes
+        for lo, hi, off in arr.pieces(start, start + len(data)):
+            pwrite_all(self._fd, buf[(lo - start) * row : (hi - start) * row], off, self.path)
+
+    def sync(self) -> None:
+        if self._fd is not None:
+            fsync_fd(self._fd, self.path)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 class _NoH5:

@@ -27,9 +27,9 @@ from .._durable import (
 from .._npyheader import DATA_OFFSET, build_header, parse_header
 from ..errors import CorruptStoreError
 from ..manifest import ArraySpec, Manifest
-from .base import ArrayReader, Backend, BackendOptions
+from .base import ArrayReader, Backend, BackendOptions, RegionWriter
 
-__all__ = ["MANIFEST_NAME", "NpyBackend"]
+__all__ = ["MANIFEST_NAME", "NpyBackend", "NpyRegionWriter"]
 
 MANIFEST_NAME = "oocstore.json"
 _ARRAY_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(\.(shapes|values|offsets))?\.npy")
@@ -216,6 +216,11 @@ class NpyBackend(Backend):
         fsync_dir(self.root)
         return arr.capacity
 
+    def region_writer(self, name: str, stop: int) -> RegionWriter:
+        self.reserve(name, stop)
+        arr = self._arrays[name]
+        return NpyRegionWriter(name, arr.path, arr.row_nbytes, arr.capacity)
+
     def delete_array(self, name: str) -> None:
         arr = self._arrays.pop(name, None)
         if arr is not None:
@@ -250,6 +255,45 @@ class NpyBackend(Backend):
             with contextlib.suppress(OSError):
                 os.close(arr.fd)
         self._arrays.clear()
+
+
+class NpyRegionWriter(RegionWriter):
+    """Rows of one preallocated ``.npy`` file, written with ``pwrite`` at their offsets."""
+
+    def __init__(self, name: str, path: Path, row_nbytes: int, capacity: int) -> None:
+        self.name = name
+        self.path = path
+        self.row_nbytes = row_nbytes
+        self.capacity = capacity
+        self._fd: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": None}  # a file descriptor does not cross processes
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self._fd = open_nofollow(self.path, os.O_WRONLY)
+        return self._fd
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        if start < 0 or start + len(values) > self.capacity:
+            msg = (
+                f"rows {start}..{start + len(values)} of {os.fspath(self.path)!r} lie outside "
+                f"its {self.capacity} allocated rows"
+            )
+            raise IndexError(msg)
+        data = np.ascontiguousarray(values)
+        if data.nbytes:
+            pwrite_all(self._open(), data, DATA_OFFSET + start * self.row_nbytes, self.path)
+
+    def sync(self) -> None:
+        if self._fd is not None:
+            fsync_fd(self._fd, self.path)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def _map_array(root: Path, name: str, spec: ArraySpec, complete: bool) -> np.ndarray:

@@ -68,7 +68,7 @@ from ..manifest import MAX_DEPTH, MAX_MANIFEST_BYTES, Manifest
 from ..manifest import _json_depth as json_depth
 from ..sizing import available_memory
 from ._lazy import LazyArray
-from .base import ArrayReader, Backend, BackendOptions
+from .base import ArrayReader, Backend, BackendOptions, RegionWriter
 
 __all__ = [
     "ATTRIBUTE",
@@ -77,6 +77,7 @@ __all__ = [
     "SHARD_BYTES",
     "ZarrArray",
     "ZarrBackend",
+    "ZarrRegionWriter",
     "chunk_rows_for",
     "shard_rows_for",
 ]
@@ -1030,6 +1031,18 @@ class ZarrBackend(Backend):
                 st.meta_dirty = True
             st.zarr_array = None
 
+    def region_writer(self, name: str, stop: int) -> RegionWriter:
+        st = self._arrays[name]
+        self.reserve(name, stop)
+        self._flush_meta(st)  # region writers read the array's zarr.json for its layout
+        lay = st.layout
+        return ZarrRegionWriter(name, lay.path, lay.dtype, lay.row_shape, stop)
+
+    def rows_written(self, name: str, stop: int) -> None:
+        st = self._arrays[name]
+        st.written = max(st.written, stop)
+        st.reader.forget()
+
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         st = self._arrays[name]
         if not st.layout.native:
@@ -1257,6 +1270,121 @@ class ZarrBackend(Backend):
         with self._mutex:
             self._pending.clear()
             self._dirty_dirs.clear()
+
+
+class ZarrRegionWriter(RegionWriter):
+    """Whole chunk (or shard) files of one array, written from any process.
+
+    The layout is read from the array's ``zarr.json`` where the writer runs. A region starts
+    on a unit (chunk, or shard) boundary and ends on one or at the array's end, so every file
+    written here belongs to this region alone: it is written whole, never read back.
+    """
+
+    def __init__(
+        self, name: str, path: Path, dtype: np.dtype[Any], row_shape: tuple[int, ...], end: int
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.dtype = dtype
+        self.row_shape = row_shape
+        self.end = end
+        """The rows to be written in all: a region ending here may end inside a chunk."""
+        self._layout: _Layout | None = None
+        self._files: set[Path] = set()
+        self._dirs: set[Path] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Paths and numbers only: codec objects are rebuilt from zarr.json where it lands.
+        return {
+            "name": self.name,
+            "path": self.path,
+            "dtype": self.dtype,
+            "rows": self.row_shape,
+            "end": self.end,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        args = (state["name"], state["path"], state["dtype"], state["rows"], state["end"])
+        self.__init__(*args)  # type: ignore[misc]
+
+    def _lay(self) -> _Layout:
+        if self._layout is None:
+            self._layout = _open_layout(self.path, self.dtype, self.row_shape)
+        return self._layout
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        lay = self._lay()
+        stop = start + len(values)
+        if stop == start:
+            return
+        if stop > lay.capacity:
+            msg = f"rows {start}..{stop} of {os.fspath(self.path)!r}: it has {lay.capacity} rows"
+            raise IndexError(msg)
+        data = np.ascontiguousarray(values, dtype=lay.store_dtype)
+        if not lay.native:
+            arr = _open_zarr(self.path, read_only=False)  # its store fsyncs every key
+            try:
+                arr[start:stop] = data
+            except Exception as err:
+                msg = f"zarr could not write rows {start}.. of {os.fspath(self.path)!r}: {err}"
+                raise OSError(errno.EIO, msg) from err
+            return
+        unit = lay.unit_rows
+        if start % unit:
+            msg = f"a region of {os.fspath(self.path)!r} starts at row {start}, inside a chunk"
+            raise ValueError(msg)
+        pos = start
+        while pos < stop:
+            u = pos // unit
+            end = min(stop, (u + 1) * unit)
+            if end - pos < unit and end not in (self.end, lay.capacity):
+                msg = f"a region of {os.fspath(self.path)!r} ends at row {end}, inside a chunk"
+                raise ValueError(msg)
+            self._write_unit(lay, u, data[pos - start : end - start])
+            pos = end
+
+    def _write_unit(self, lay: _Layout, u: int, part: np.ndarray) -> None:
+        path = lay.unit_path(u)
+        if path.parent != lay.path:  # "/" chunk keys: c/<u>/0/0 directories
+            with _disk_errors(path.parent):
+                path.parent.mkdir(parents=True, exist_ok=True)
+            d = path.parent
+            while d != lay.path:
+                self._dirs.add(d.parent)
+                d = d.parent
+        if lay.in_place:
+            payload: bytes | memoryview = memoryview(part.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+            size = lay.chunk_rows * lay.row_nbytes  # zarr stores edge chunks whole
+        else:
+            block = part
+            if len(part) < lay.unit_rows:
+                block = np.zeros((lay.unit_rows, *lay.row_shape), dtype=lay.store_dtype)
+                block[: len(part)] = part
+            payload = _encode_unit(lay, block, len(part))
+            size = len(payload)
+        with _disk_errors(path):
+            fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if size:
+                preallocate(fd, 0, size, path)
+            pwrite_all(fd, payload, 0, path)
+        finally:
+            os.close(fd)
+        self._files.add(path)
+        self._dirs.add(path.parent)
+
+    def sync(self) -> None:
+        files, self._files = self._files, set()
+        dirs, self._dirs = self._dirs, set()
+        for path in sorted(files):
+            fd = open_nofollow(path, os.O_RDONLY)
+            try:
+                fsync_fd(fd, path)
+            finally:
+                os.close(fd)
+        # Deepest first, so a new directory's own entries are durable before its name.
+        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+            fsync_dir(d)
 
 
 def _encode_unit(lay: _Layout, block: np.ndarray, valid: int) -> bytes | memoryview:

@@ -1,0 +1,369 @@
+"""Zarr stores at fsspec URLs (``memory://``, ``file://``, ``s3://`` when s3fs is installed...).
+
+The same format as a local Zarr store (:mod:`oocstore.backends.zarr`): a Zarr v3 group, one
+array per physical array with the same ``zarr.json`` documents, chunk keys ``c.<i>.0...``, and
+the manifest in the group's ``"oocstore"`` attribute, written last: the group's ``zarr.json``
+is the commit point. Chunks are written through zarr-python's ``FsspecStore``; oocstore's own
+documents through the fsspec filesystem.
+
+What a URL does not give (see ``docs/dask.md``): no ``flock``, so no single-writer lock (two
+writers of one URL corrupt it); no ``fsync`` (durability is the filesystem's: an object store's
+PUT is durable once it returns, ``memory://`` never is); the manifest replaces the group's
+``zarr.json`` with one PUT, which object stores make atomic but ``file://`` through fsspec does
+not (a plain local path keeps the crash-safe backend).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, CorruptStoreError, UnsupportedStorageError
+from ..manifest import MAX_MANIFEST_BYTES, Manifest
+from ._lazy import LazyArray
+from .base import ArrayReader, Backend, BackendOptions, RegionWriter
+from .zarr import (
+    _ZARR_JSON,
+    ATTRIBUTE,
+    _array_doc,
+    _check_dtype,
+    _dumps,
+    _Layout,
+    _load_json,
+    _option_for,
+    chunk_rows_for,
+    shard_rows_for,
+)
+from .zarr import DEFAULT_COMPRESSORS as _DEFAULT_COMPRESSORS
+
+__all__ = [
+    "FsspecZarrBackend",
+    "FsspecZarrRegionWriter",
+    "open_url_arrays",
+    "read_url_manifest",
+]
+
+
+def _options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    opts = dict(storage_options or {})
+    if url.startswith("file://"):
+        opts.setdefault("auto_mkdir", True)  # fsspec's local filesystem makes no parents
+    return opts
+
+
+def _fs(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
+    """``(filesystem, path inside it)`` of ``url``; BackendUnavailableError without fsspec."""
+    try:
+        import fsspec
+    except ImportError as err:
+        msg = f"a store at a URL ({url!r}) needs fsspec: pip install 'oocstore[dask]'"
+        raise BackendUnavailableError(msg) from err
+
+    fs, path = fsspec.core.url_to_fs(url, **_options(url, storage_options))
+    return fs, str(path).rstrip("/")
+
+
+def _zarr_store(url: str, storage_options: dict[str, Any] | None, *, read_only: bool) -> Any:
+    from zarr.storage import FsspecStore
+
+    return FsspecStore.from_url(
+        url, storage_options=_options(url, storage_options), read_only=read_only
+    )
+
+
+def _open_array(store: Any, name: str, *, read_only: bool) -> Any:
+    import zarr
+    from zarr.errors import UnstableSpecificationWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnstableSpecificationWarning)
+        return zarr.open_array(
+            store, path=name, mode="r" if read_only else "r+", config={"write_empty_chunks": True}
+        )
+
+
+def read_url_manifest(url: str, storage_options: dict[str, Any] | None = None) -> Manifest:
+    """The manifest of the store at ``url``; CorruptStoreError if there is none or it is bad."""
+    fs, root = _fs(url, storage_options)
+    where = f"{url.rstrip('/')}/{_ZARR_JSON}"
+    try:
+        data = fs.cat_file(f"{root}/{_ZARR_JSON}")
+    except FileNotFoundError:
+        from ..errors import StoreNotFoundError
+
+        msg = f"no store at {url!r}: it has no {_ZARR_JSON}"
+        raise StoreNotFoundError(msg) from None
+    if len(data) > MAX_MANIFEST_BYTES + 2**20:
+        raise CorruptStoreError(where, f"group metadata is {len(data):,} bytes, too large")
+    doc = _load_json(data, where, "group metadata")
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
+        raise CorruptStoreError(where, "not a Zarr v3 group")
+    if not isinstance(attrs, dict) or ATTRIBUTE not in attrs:
+        raise CorruptStoreError(where, f"the group has no {ATTRIBUTE!r} attribute")
+    manifest = Manifest.from_json(attrs[ATTRIBUTE], where)
+    if manifest.backend != "zarr":
+        raise CorruptStoreError(where, f"manifest says backend {manifest.backend!r}")
+    return manifest
+
+
+class _UrlArray(LazyArray):
+    """Committed rows of one array at a URL, read through zarr-python."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None, name: str, spec: Any):
+        super().__init__((spec.length, *spec.shape), spec.dtype)
+        self._arr = _open_array(
+            _zarr_store(url, storage_options, read_only=True), name, read_only=True
+        )
+        self.chunks = tuple(int(c) for c in self._arr.chunks)
+        where = f"{url}/{name}"
+        if self._arr.shape[0] < spec.length or tuple(self._arr.shape[1:]) != spec.shape:
+            raise CorruptStoreError(
+                where,
+                f"array has shape {self._arr.shape}, the manifest commits {spec.length} "
+                f"rows of {spec.shape}",
+            )
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        out = np.asarray(self._arr[start:stop])
+        return out if out.dtype == self._dtype else out.astype(self._dtype)
+
+
+def open_url_arrays(
+    url: str, manifest: Manifest, storage_options: dict[str, Any] | None = None
+) -> dict[str, ArrayReader]:
+    """Every physical array of the store at ``url``, cut to its committed rows."""
+    return {
+        name: _UrlArray(url, storage_options, name, spec) for name, spec in manifest.arrays.items()
+    }
+
+
+class FsspecZarrBackend(Backend):
+    """The Zarr backend for an fsspec URL (``BackendOptions.extra["url"]``)."""
+
+    name: ClassVar[str] = "zarr"
+    zero_copy: ClassVar[bool] = False
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    background_sync: ClassVar[bool] = False
+
+    def __init__(self, root: Path, options: BackendOptions | None = None) -> None:
+        super().__init__(root, options)
+        self.url = str(self.options.extra["url"]).rstrip("/")
+        self.storage_options: dict[str, Any] | None = self.options.extra.get("storage_options")
+        self._fs, self._root = _fs(self.url, self.storage_options)
+        self._store: Any = None
+        self._docs: dict[str, dict[str, Any]] = {}
+        self._arrays: dict[str, Any] = {}
+
+    # -- reading: class methods take local paths; URLs are read by the module functions -----
+
+    @classmethod
+    def holds_store(cls, root: Path) -> bool:
+        return False
+
+    @classmethod
+    def read_manifest(cls, root: Path) -> Manifest:
+        msg = "a store at a URL is read with read_url_manifest(url)"
+        raise NotImplementedError(msg)
+
+    @classmethod
+    def open_arrays(cls, root: Path, manifest: Manifest) -> dict[str, ArrayReader]:
+        msg = "a store at a URL is read with open_url_arrays(url, manifest)"
+        raise NotImplementedError(msg)
+
+    def exists(self) -> bool:
+        """Is there anything at the URL?"""
+        return bool(self._fs.exists(self._root))
+
+    def holds_url_store(self) -> bool:
+        """Is there an oocstore store at the URL (a group with the manifest attribute)?"""
+        try:
+            read_url_manifest(self.url, self.storage_options)
+        except (OSError, CorruptStoreError):
+            return False
+        return True
+
+    def own_manifest(self) -> Manifest:
+        """The manifest at the URL (for resuming)."""
+        return read_url_manifest(self.url, self.storage_options)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _zstore(self) -> Any:
+        if self._store is None:
+            self._store = _zarr_store(self.url, self.storage_options, read_only=False)
+        return self._store
+
+    def _put(self, key: str, data: bytes) -> None:
+        self._fs.pipe_file(f"{self._root}/{key}", data)
+
+    def create(self) -> None:
+        with contextlib.suppress(OSError):
+            self._fs.makedirs(self._root, exist_ok=True)  # object stores have no directories
+
+    def open_existing(self, manifest: Manifest) -> dict[str, int]:
+        for entry in self._fs.ls(self._root, detail=False):
+            name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+            if name != _ZARR_JSON and name not in manifest.arrays:
+                self._fs.rm(entry, recursive=True)  # an interrupted writer's array
+        capacities = {}
+        for name, spec in manifest.arrays.items():
+            where = f"{self.url}/{name}/{_ZARR_JSON}"
+            doc = _load_json(
+                self._fs.cat_file(f"{self._root}/{name}/{_ZARR_JSON}"), where, "metadata"
+            )
+            layout = _Layout.parse(Path(name), doc, spec.dtype, where)
+            if layout.capacity < spec.length:
+                raise CorruptStoreError(
+                    where, f"array has {layout.capacity} rows, the manifest commits {spec.length}"
+                )
+            self._docs[name] = doc
+            capacities[name] = layout.capacity
+        return capacities
+
+    def _compressors(self) -> Any:
+        given = self.options.compressors
+        return _DEFAULT_COMPRESSORS if given is None else (given or None)
+
+    def create_array(
+        self, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], capacity: int
+    ) -> None:
+        _check_dtype(dtype)
+        self.delete_array(name)
+        row_nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        compressed = self._compressors() is not None
+        rows = _option_for(self.options.chunks, name, "chunks")
+        chunk = rows if rows is not None else chunk_rows_for(row_nbytes, compressed=compressed)
+        shards = _option_for(self.options.extra.get("shards"), name, "shards", allow_true=True)
+        shard = None
+        if shards is True:
+            shard = shard_rows_for(chunk, row_nbytes)
+        elif shards:
+            shard = -(-int(shards) // chunk) * chunk
+        doc = _array_doc(dtype, (capacity, *shape), chunk, shard, self._compressors())
+        self._docs[name] = doc
+        self._put(f"{name}/{_ZARR_JSON}", _dumps(doc))
+
+    def _array(self, name: str) -> Any:
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._arrays[name] = _open_array(self._zstore(), name, read_only=False)
+        return arr
+
+    def reserve(self, name: str, capacity: int) -> None:
+        doc = self._docs[name]
+        if capacity > int(doc["shape"][0]):
+            doc["shape"][0] = int(capacity)
+            self._put(f"{name}/{_ZARR_JSON}", _dumps(doc))
+            self._arrays.pop(name, None)
+
+    def chunk_rows(self, name: str) -> int:
+        grid = self._docs[name]["chunk_grid"]["configuration"]["chunk_shape"]
+        codecs = self._docs[name].get("codecs") or []
+        for c in codecs:
+            if isinstance(c, dict) and c.get("name") == "sharding_indexed":
+                return int(grid[0])  # the outer grid is the shard
+        return int(grid[0])
+
+    def write(self, name: str, start: int, values: np.ndarray) -> None:
+        if len(values) == 0:
+            return
+        if start + len(values) > int(self._docs[name]["shape"][0]):
+            self.reserve(name, start + len(values))
+        self._array(name)[start : start + len(values)] = values
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self._array(name)[start:stop])
+
+    def delete_array(self, name: str) -> None:
+        self._arrays.pop(name, None)
+        self._docs.pop(name, None)
+        path = f"{self._root}/{name}"
+        if self._fs.exists(path):
+            self._fs.rm(path, recursive=True)
+
+    def region_writer(self, name: str, stop: int) -> RegionWriter:
+        self.reserve(name, stop)
+        return FsspecZarrRegionWriter(name, self.url, self.storage_options)
+
+    def sync(self, lengths: dict[str, int]) -> None:
+        # Nothing to flush: a filesystem behind fsspec has no fsync; a PUT is done when it
+        # returns (object stores), or never durable (memory://).
+        return
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        doc = {
+            "zarr_format": 3,
+            "node_type": "group",
+            "attributes": {ATTRIBUTE: manifest.to_json()},
+        }
+        self._put(_ZARR_JSON, _dumps(doc))
+
+    def finalize(self, lengths: dict[str, int]) -> None:
+        for name, length in lengths.items():
+            doc = self._docs[name]
+            unit = self.chunk_rows(name)
+            units = -(-length // unit)
+            doc["shape"][0] = int(length)
+            self._put(f"{name}/{_ZARR_JSON}", _dumps(doc))
+            self._arrays.pop(name, None)
+            for entry in self._fs.ls(f"{self._root}/{name}", detail=False):
+                key = str(entry).rstrip("/").rsplit("/", 1)[-1]
+                parts = key.split(".")
+                if (
+                    parts[0] == "c"
+                    and len(parts) > 1
+                    and parts[1].isdigit()
+                    and int(parts[1]) >= units
+                ):
+                    self._fs.rm(entry)
+
+    def destroy(self) -> None:
+        self.close()
+        if self._fs.exists(self._root):
+            self._fs.rm(self._root, recursive=True)
+
+    def close(self) -> None:
+        self._arrays.clear()
+
+
+class FsspecZarrRegionWriter(RegionWriter):
+    """Rows of one array at a URL, written through zarr-python (whole chunks: regions are
+    chunk-aligned, so no chunk is read back or shared)."""
+
+    def __init__(self, name: str, url: str, storage_options: dict[str, Any] | None) -> None:
+        self.name = name
+        self.url = url
+        self.storage_options = storage_options
+        self.pid = os.getpid()
+        self._arr: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arr": None}
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        if len(values) == 0:
+            return
+        if self.url.startswith("memory://") and os.getpid() != self.pid:
+            # Each process has its own memory filesystem: these rows would never reach the
+            # store, and the parent would declare rows nobody wrote.
+            msg = (
+                f"{self.url!r} lives in the memory of the process that created it; other "
+                "processes cannot write it: use the threaded scheduler, or a shared filesystem"
+            )
+            raise UnsupportedStorageError(msg)
+        if self._arr is None:
+            store = _zarr_store(self.url, self.storage_options, read_only=False)
+            self._arr = _open_array(store, self.name, read_only=False)
+        self._arr[start : start + len(values)] = values
+
+    def sync(self) -> None:
+        return  # see FsspecZarrBackend.sync
+
+    def close(self) -> None:
+        self._arr = None
