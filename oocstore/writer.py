@@ -1171,6 +1171,9 @@ def write(
     ``length=`` or from the source when it tells; otherwise files grow as needed. The other
     parameters are those of [`Writer`][oocstore.Writer].
 
+    A ``dask.array.Array`` (or a tuple/dict of them, aligned on axis 0) is written by Dask's
+    own workers, each task filling its own chunk-aligned rows (see ``docs/dask.md``).
+
     Parameters
     ----------
     source
@@ -1190,12 +1193,13 @@ def write(
         other iterable holds batches. True: each item of ``source`` is a batch (axis 0 =
         samples), even a ``tf.data`` element the pipeline does not mark as one. False: each
         item is one sample.
-
-    A ``dask.array.Array`` (or a tuple/dict of them, aligned on axis 0) is written by Dask's
-    own workers, each task filling its own chunk-aligned rows (see ``docs/dask.md``). With
-    ``workers=N`` (N > 1), an indexable source (``len()`` and ``source[i]`` giving one sample:
-    a map-style Dataset, a list of samples) is read by N worker processes, each filling its
-    own rows; the source must pickle. ``workers=1`` writes the same source in this process.
+    workers
+        With ``workers=N`` (N > 1), an indexable source (``len()`` and ``source[i]`` giving
+        one sample: a map-style Dataset, a list of samples) is read by N worker processes,
+        each filling its own rows; the source must pickle. ``workers=1`` writes the same
+        source in this process.
+    storage_options
+        For a Zarr store at an fsspec URL: passed to the fsspec filesystem.
 
     Returns
     -------
