@@ -739,8 +739,11 @@ class ZarrArray(LazyArray):
                 os.close(fd)
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        # Not contextlib.suppress: at interpreter exit this module's globals may be gone.
+        try:  # noqa: SIM105
             self.close()
+        except Exception:
+            pass
 
     def __getstate__(self) -> dict[str, Any]:
         # A directory handle does not cross processes: the copy reopens the directory.
