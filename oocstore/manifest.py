@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import CorruptStoreError
-from .schema import MAX_NDIM, Schema, dtype_from_json, dtype_to_json
+from .schema import MAX_NDIM, FieldSpec, Schema, dtype_from_json, dtype_to_json
 
 __all__ = ["FORMAT", "MAX_MANIFEST_BYTES", "VERSION", "ArraySpec", "FieldLayout", "Manifest"]
 
@@ -218,7 +218,7 @@ class Manifest:
                     shape=tuple(shape),
                     length=_count(a.get("length"), f"length of {aname!r}"),
                 )
-            _check_field_arrays(spec.name, lay, arrays, length)
+            _check_field_arrays(spec, lay, arrays, length)
         if len(raw_arrays) != len(arrays):
             unknown = sorted(set(raw_arrays) - set(arrays))[:5]
             msg = f"manifest names arrays that belong to no field: {unknown}"
@@ -244,15 +244,29 @@ class Manifest:
 
 
 def _check_field_arrays(
-    name: str, lay: FieldLayout, arrays: dict[str, ArraySpec], length: int
+    spec: FieldSpec, lay: FieldLayout, arrays: dict[str, ArraySpec], length: int
 ) -> None:
+    """The field's physical arrays agree with it: rows, dtype and per-row shape."""
+    name = spec.name
     if lay.kind in ("dense", "padded") and arrays[name].length != length:
         msg = f"array {name!r} has {arrays[name].length} rows but the store {length}"
         raise ValueError(msg)
+    data = arrays[name] if lay.kind != "packed" else arrays[f"{name}.values"]
+    row = spec.shape if lay.kind != "packed" else ()
+    if data.dtype != spec.dtype or data.shape != row:
+        msg = (
+            f"field {name!r} is {spec.dtype}{list(spec.shape)} but its array holds rows of "
+            f"{data.dtype}{list(data.shape)}"
+        )
+        raise ValueError(msg)
     if lay.kind in ("padded", "packed"):
         shapes = arrays[f"{name}.shapes"]
-        if shapes.length != length or shapes.dtype.kind not in "iu" or len(shapes.shape) != 1:
-            msg = f"array {name + '.shapes'!r} must be {length} rows of integers"
+        if (
+            shapes.length != length
+            or shapes.dtype.kind not in "iu"
+            or shapes.shape != (len(spec.shape),)
+        ):
+            msg = f"array {name + '.shapes'!r} must be {length} rows of {len(spec.shape)} integers"
             raise ValueError(msg)
     if lay.kind == "packed":
         offsets = arrays[f"{name}.offsets"]

@@ -60,10 +60,13 @@ class Damage:
 class PackedArray(Sequence[np.ndarray]):
     """A ragged field stored end to end: ``[i]`` is an O(1) view of sample ``i``."""
 
-    def __init__(self, values: ArrayReader, offsets: ArrayReader, shapes: ArrayReader) -> None:
+    def __init__(
+        self, values: ArrayReader, offsets: ArrayReader, shapes: ArrayReader, where: str = ""
+    ) -> None:
         self._values = values
         self._offsets = np.asarray(offsets)
         self._shapes = np.asarray(shapes)
+        _check_packed(self._values, self._offsets, self._shapes, where or "packed field")
 
     @property
     def offsets(self) -> np.ndarray:
@@ -150,6 +153,40 @@ class PackedArray(Sequence[np.ndarray]):
         return f"<PackedArray {len(self)} samples of {self.dtype}>"
 
 
+def _check_packed(values: ArrayReader, offsets: np.ndarray, shapes: np.ndarray, where: str) -> None:
+    """Refuse offsets and shapes that point outside the values (a damaged or tampered store).
+
+    Every sample must lie inside the values array: non-negative integer shapes of the field's
+    rank and offsets with ``offset + size <= len(values)``; otherwise reading sample ``i``
+    would fail with a bare ``ValueError`` from NumPy, or return a short, wrong sample.
+    """
+    n_values = int(values.shape[0]) if len(values.shape) else 0
+    if offsets.ndim != 1 or offsets.dtype.kind not in "iu":
+        problem = f"offsets must be one integer per sample, not {offsets.dtype}{offsets.shape}"
+        raise CorruptStoreError(where, problem)
+    if shapes.ndim != 2 or shapes.dtype.kind not in "iu" or len(shapes) != len(offsets):
+        problem = (
+            f"shapes must be {len(offsets)} rows of integers, not {shapes.dtype}{shapes.shape}"
+        )
+        raise CorruptStoreError(where, problem)
+    if not len(offsets):
+        return
+    if shapes.size and int(shapes.min()) < 0:
+        i = int(np.argmin(shapes.min(axis=1)))
+        raise CorruptStoreError(where, f"sample {i} has a negative shape {shapes[i].tolist()}")
+    # Products in float64 cannot overflow; anything above the values' length is corrupt anyway.
+    sizes_f = np.prod(shapes.astype(np.float64), axis=1)
+    starts = offsets.astype(np.float64)
+    bad = np.flatnonzero((starts < 0) | (starts + sizes_f > n_values))
+    if len(bad):
+        i = int(bad[0])
+        problem = (
+            f"sample {i} (offset {int(offsets[i])}, shape {shapes[i].tolist()}) lies outside "
+            f"the {n_values:,} stored values; {len(bad):,} samples are out of bounds"
+        )
+        raise CorruptStoreError(where, problem)
+
+
 class Store:
     """A read-only store: field name -> array of its committed samples.
 
@@ -169,6 +206,7 @@ class Store:
         self._cls = backend_class(self.backend)
         self._manifest: Manifest
         self._arrays: dict[str, ArrayReader]
+        self._packed: dict[str, PackedArray] = {}
         self._manifest, self._arrays = self._open_arrays(self._read_manifest())
 
     @property
@@ -265,11 +303,16 @@ class Store:
         self._check_field(field)
         kind = self._manifest.layout(field).kind
         if kind == "packed":
-            return PackedArray(
-                self._arrays[f"{field}.values"],
-                self._arrays[f"{field}.offsets"],
-                self._arrays[f"{field}.shapes"],
-            )
+            packed = self._packed.get(field)
+            if packed is None:  # validated once per view: O(samples)
+                packed = PackedArray(
+                    self._arrays[f"{field}.values"],
+                    self._arrays[f"{field}.offsets"],
+                    self._arrays[f"{field}.shapes"],
+                    where=f"{self.location}: packed field {field!r}",
+                )
+                self._packed[field] = packed
+            return packed
         return self._arrays[field]
 
     def __iter__(self) -> Iterator[str]:
@@ -337,7 +380,12 @@ class Store:
         arr = self._arrays[field]
         if kind == "dense":
             return np.asarray(arr[i])
-        shape = self._arrays[f"{field}.shapes"][i]
+        shape = np.asarray(self._arrays[f"{field}.shapes"][i])
+        bound = self.schema[field].shape
+        if shape.shape != (len(bound),) or not ((shape >= 0) & (shape <= bound)).all():
+            where = f"{self.location}: padded field {field!r}"
+            problem = f"sample {i} has shape {shape.tolist()}, outside the padded shape {bound}"
+            raise CorruptStoreError(where, problem)
         return np.asarray(arr[region(i, shape)])
 
     def mask(self, field: str, index: int | slice) -> np.ndarray:
@@ -489,6 +537,7 @@ class Store:
         if manifest.to_json() == self._manifest.to_json():
             return False
         self._manifest, self._arrays = self._open_arrays(manifest)
+        self._packed = {}
         return True
 
     def close(self) -> None:
@@ -498,6 +547,7 @@ class Store:
         replaced either way (on Linux and macOS).
         """
         arrays, self._arrays = self._arrays, {}
+        self._packed = {}
         for a in arrays.values():
             if isinstance(a, np.memmap):
                 mm = getattr(a, "_mmap", None)

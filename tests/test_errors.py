@@ -197,6 +197,8 @@ def _set_shape(doc, shape):  # type: ignore[no-untyped-def]
             ),
             "too short|manifest says",
         ),
+        (lambda d: d["fields"][0].update(shape=[2]), r"field 'x' is float32\[2\].*rows of"),
+        (lambda d: d["fields"][0].update(dtype="<f8"), r"field 'x' is float64\[4\].*rows of"),
         (lambda d: d["fields"][0].update(name="../../etc"), "not allowed"),
         (lambda d: d["fields"][0].update(dtype="|O"), "object"),
         (lambda d: d["fields"][0].update(dtype=[["a"]]), "not a valid dtype"),
@@ -258,3 +260,53 @@ def test_planted_symlink_is_not_followed(tmp_path: Path) -> None:
 def test_every_error_is_an_oocstore_error() -> None:
     for name in oocstore.errors.__all__:
         assert issubclass(getattr(oocstore.errors, name), OocstoreError)
+
+
+def _packed_store(path: Path) -> None:
+    imgs = [np.full((i % 3 + 1, 2), i, np.uint8) for i in range(6)]
+    oocstore.write([(imgs, np.arange(6))], path, names=("img", "y"), ragged="pack").close()
+
+
+@pytest.mark.parametrize(
+    ("array", "index", "value", "match"),
+    [
+        ("offsets", 2, 10**6, "sample 2 .*outside the .* stored values"),
+        ("offsets", 0, -1, "sample 0 .*outside"),
+        ("shapes", 4, 10**9, "sample 4 .*outside"),
+        ("shapes", 1, -2, "sample 1 has a negative shape"),
+    ],
+)
+def test_tampered_packed_offsets_and_shapes(
+    tmp_path: Path, array: str, index: int, value: int, match: str
+) -> None:
+    """Offsets or shapes pointing outside the values are a CorruptStoreError naming the field,
+    never a bare ValueError or IndexError from slicing (issue 8)."""
+    path = tmp_path / "s.ooc"
+    _packed_store(path)
+    arr = np.load(path / f"img.{array}.npy", mmap_mode="r+")
+    arr[index] = value
+    arr.flush()
+    del arr
+    with oocstore.open(path) as store:
+        assert store.layout("img") == "packed"
+        with pytest.raises(oocstore.CorruptStoreError, match=rf"'img'.*{match}"):
+            store["img"]
+        with pytest.raises(oocstore.CorruptStoreError, match=match):
+            store.sample("img", 0)
+        assert store["y"].tolist() == list(range(6))  # the other fields still read
+
+
+def test_tampered_padded_shape(tmp_path: Path) -> None:
+    """A padded field's true shape larger than the padded shape is refused on reading it."""
+    path = tmp_path / "s.ooc"
+    imgs = [np.full((i % 3 + 1, 2), i, np.uint8) for i in range(6)]
+    oocstore.write([(imgs,)], path, names=("img",)).close()
+    shapes = np.load(path / "img.shapes.npy", mmap_mode="r+")
+    shapes[3] = (7, 2)
+    shapes.flush()
+    del shapes
+    with oocstore.open(path) as store:
+        assert store.sample("img", 2).shape == (3, 2)
+        with pytest.raises(oocstore.CorruptStoreError, match=r"sample 3 has shape \[7, 2\]"):
+            store.sample("img", 3)
+        assert [d.array for d in store.verify()] == ["img.shapes"]

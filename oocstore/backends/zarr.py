@@ -569,6 +569,9 @@ class _UnitReader:
             else:
                 problem = f"chunk file of committed rows {u * lay.unit_rows + a}.. is missing"
             raise CorruptStoreError(where, problem) from None
+        except OSError as err:  # ELOOP: a symlink planted in the store is never followed
+            problem = f"cannot open the chunk file ({err.strerror}); is it a symlink?"
+            raise CorruptStoreError(where, problem) from None
         try:
             if lay.shard_rows is None:
                 if not lay.codecs:
@@ -630,10 +633,31 @@ class _UnitReader:
         return chunk
 
     def _read_zarr(self, start: int, stop: int) -> np.ndarray:
-        if self._zarr is None:
-            self._zarr = _open_zarr(self.layout.path, read_only=True)
-        out = np.asarray(self._zarr[start:stop])
+        where = os.fspath(self.layout.path)
+        try:
+            if self._zarr is None:
+                _refuse_symlinks(self.layout.path)  # zarr-python's LocalStore follows them
+                self._zarr = _open_zarr(self.layout.path, read_only=True)
+            out = np.asarray(self._zarr[start:stop])
+        except CorruptStoreError:
+            raise
+        except Exception as err:  # zarr-python fails on damaged metadata with many types
+            problem = f"zarr cannot read rows {start}..{stop} ({type(err).__name__}: {err})"
+            raise CorruptStoreError(where, problem[:500]) from None
+        want = (stop - start, *self.layout.row_shape)
+        if out.shape != want:
+            problem = f"zarr read rows {start}..{stop} as shape {out.shape}, not {want}"
+            raise CorruptStoreError(where, problem)
         return out.astype(self.layout.store_dtype, copy=False)
+
+
+def _refuse_symlinks(path: Path) -> None:
+    """CorruptStoreError if anything in array directory ``path`` is a symlink."""
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                where = os.path.join(dirpath, name)
+                raise CorruptStoreError(where, "a symlink in the store is never followed")
 
 
 def _in_use(path: Path) -> bool:
@@ -1442,7 +1466,13 @@ def _open_layout(path: Path, dtype: np.dtype[Any], row_shape: tuple[int, ...]) -
     if path.is_symlink():
         raise CorruptStoreError(os.fspath(path), "array directory is a symlink")
     doc = _load_json(_read_bounded(meta, _MAX_ARRAY_META, "array metadata"), where, "metadata")
-    layout = _Layout.parse(path, doc, dtype, where)
+    try:
+        layout = _Layout.parse(path, doc, dtype, where)
+    except CorruptStoreError:
+        raise
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
+        problem = f"malformed array metadata ({type(err).__name__}: {err})"
+        raise CorruptStoreError(where, problem[:300]) from None
     if layout.row_shape != tuple(row_shape):
         raise CorruptStoreError(
             where,
