@@ -1,5 +1,7 @@
 # make demo: create .venv, install oocstore, run the demo.  make test: the whole test suite and
 # the strict docs build.  make docs: the documentation site, into site/.
+# make stress: the full reliability counts of issue 8 (kills, full disks, mutated stores; 10-20 min),
+# summary in $(STRESS_REPORT), quoted by docs/guarantees.md.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,8 +10,9 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 TF     ?= tensorflow-cpu==2.20.0
 JAX    ?= jax==0.10.2
+STRESS_REPORT ?= docs/stress-summary.json
 
-.PHONY: demo test lint typecheck docs bench clean
+.PHONY: demo test stress lint typecheck docs bench clean
 
 $(VENV)/.installed-core: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +48,12 @@ test: $(VENV)/.installed-dev
 	$(BIN)/mypy
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# -m stress overrides pyproject's "-m not stress": only the full-count parametrisations run.
+stress: $(VENV)/.installed-dev
+	rm -f $(STRESS_REPORT)
+	OOCSTORE_STRESS_REPORT=$(STRESS_REPORT) HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q -m stress
+	@echo "stress summary: $(STRESS_REPORT)"
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/write_throughput.py

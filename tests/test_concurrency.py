@@ -94,6 +94,7 @@ with oocstore.Writer(
     length=cfg["length"],
     commit_bytes=cfg["commit_bytes"],
     commit_seconds=3600.0,
+    resume=cfg.get("resume", False),
 ) as w:
     for i, batch in enumerate(batches(kind, cfg["n_batches"])):
         w.append(batch)
@@ -307,6 +308,61 @@ def test_reader_follows_a_writer(
     with oocstore.open(store_path) as store:
         assert store.complete
         assert len(store) == cfg["total"]
+
+
+@pytest.mark.crash
+@pytest.mark.parametrize("kind", ["dense", pytest.param("ragged", marks=pytest.mark.stress)])
+def test_several_readers_while_a_writer_is_killed(store_path: Path, kind: str) -> None:
+    """Three reader processes poll a store while its writer grows it and is SIGKILLed mid-way,
+    then while a resumed writer completes it: none crashes, none sees the committed length go
+    down or a sample that differs from the source, and all see the complete store."""
+    n_batches = 100
+    go = store_path.with_name("go")
+    cfg = {
+        "path": os.fspath(store_path),
+        "kind": kind,
+        "length": None,  # unknown: the files grow while readers map them
+        "commit_bytes": 16 * 2**10 if kind == "dense" else 8 * 2**10,
+        "n_batches": n_batches,
+        "total": total(kind, n_batches),
+        "pause_after": n_batches // 3,
+        "go": os.fspath(go),
+        "timeout": TIMEOUT,
+    }
+    errs = [store_path.with_name(f"reader{i}.err") for i in range(3)]
+    readers = [start(READER, cfg, err) for err in errs]
+    try:
+        for reader in readers:
+            assert read_line(reader) == "R"
+        writer_err = store_path.with_name("writer.err")
+        writer = start(WRITER, cfg, writer_err)
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while not go.exists():  # a reader saw a partial store: the writer goes on
+                assert time.monotonic() < deadline, "no reader saw a partial store"
+                assert writer.poll() is None, writer_err.read_text()[-2000:]
+                time.sleep(0.002)
+            time.sleep(0.03)  # mid-way through the rest of the source
+            writer.kill()
+            writer.wait(timeout=TIMEOUT)
+            assert writer.returncode == -signal.SIGKILL, "the writer finished before the kill"
+        finally:
+            reap(writer)
+        with oocstore.open(store_path) as store:
+            killed_at = len(store)
+        assert 0 < killed_at < cfg["total"]
+        resumed = start(WRITER, {**cfg, "resume": True, "pause_after": -1}, writer_err)
+        try:
+            assert read_line(resumed) == "D"
+        finally:
+            finish(resumed, writer_err)
+        summaries = [json.loads(read_line(reader) or "{}") for reader in readers]
+    finally:
+        for reader, err in zip(readers, errs, strict=True):
+            finish(reader, err)
+    for summary in summaries:
+        assert summary["seen"][-1] == cfg["total"]
+        assert summary["seen"] == sorted(summary["seen"])
 
 
 def test_open_races_a_commit_that_deletes_files(

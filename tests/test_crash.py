@@ -248,7 +248,8 @@ def run_writer(
 
     ``plan`` is ``("commits", k, delay)``: SIGKILL ``delay`` seconds after the k-th reported
     commit of a non-empty manifest; ``("close", delay)``: ``delay`` seconds after close()
-    began; None: let it run.
+    began; ``("time", delay)``: ``delay`` seconds after the writer took the store (a random
+    instant: before, during or after any commit); None: let it run.
     """
     cfg = {
         "path": str(path),
@@ -304,7 +305,7 @@ def run_writer(
                 if plan[0] == "commits" and tag == "M" and commits == plan[1]:
                     kill_at = time.monotonic() + plan[2]
                     plan = None
-                elif plan[0] == "close" and tag == "C":
+                elif (plan[0] == "close" and tag == "C") or (plan[0] == "time" and tag == "S"):
                     kill_at = time.monotonic() + plan[1]
                     plan = None
         proc.join(TIMEOUT)
