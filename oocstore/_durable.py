@@ -36,7 +36,14 @@ def _raise_disk_full(err: OSError, path: Path, needed: int | None = None) -> Non
 
 
 def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
-    """Open ``path`` without following a symlink planted in its place."""
+    """Open ``path`` without following a symlink planted in its place.
+
+    Read-only opens are non-blocking: a FIFO planted in a store would otherwise block the
+    open until some process writes to it (callers then refuse anything but a regular file;
+    on a regular file ``O_NONBLOCK`` changes nothing).
+    """
+    if flags & os.O_ACCMODE == os.O_RDONLY:
+        flags |= getattr(os, "O_NONBLOCK", 0)
     return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
 
 

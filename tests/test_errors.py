@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -310,3 +311,34 @@ def test_tampered_padded_shape(tmp_path: Path) -> None:
         with pytest.raises(oocstore.CorruptStoreError, match=r"sample 3 has shape \[7, 2\]"):
             store.sample("img", 3)
         assert [d.array for d in store.verify()] == ["img.shapes"]
+
+
+@pytest.mark.parametrize("backend", ["npy", "zarr", "hdf5"])
+def test_planted_fifo_is_refused_without_blocking(tmp_path: Path, backend: str) -> None:
+    """A FIFO in place of a store file is refused at once: opening one for reading would
+    otherwise block until some process writes to it (a hang, issue 8)."""
+    suffix = {"npy": ".ooc", "zarr": ".zarr", "hdf5": ".h5"}[backend]
+    path = tmp_path / f"s{suffix}"
+    write_store(path).close()
+    victim = {"npy": path / "x.npy", "zarr": path / "x" / "c.0.0", "hdf5": path}[backend]
+    assert victim.is_file()
+    victim.unlink()
+    os.mkfifo(victim)
+
+    def hung(signum: int, frame: object) -> None:
+        pytest.fail("opening a store with a planted FIFO blocked")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        with (
+            pytest.raises(
+                (oocstore.CorruptStoreError, oocstore.UnknownBackendError),
+                match=r"not a regular file|not an oocstore store",
+            ),
+            oocstore.open(path) as store,
+        ):
+            np.asarray(store["x"][:])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

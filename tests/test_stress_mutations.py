@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import stat
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -299,7 +300,7 @@ def mutation(draw: st.DrawFn, store: Path, names: list[str]) -> dict[str, Any]:
     if target.is_dir() and not target.is_symlink():
         return {"kind": draw(st.sampled_from(["delete", "symlink"])), "path": rel}
     data = target.read_bytes() if target.exists() and not target.is_symlink() else b""
-    kinds = ["flip", "flip", "flip", "truncate", "extend", "delete", "symlink", "swap"]
+    kinds = ["flip", "flip", "flip", "truncate", "extend", "delete", "symlink", "swap", "fifo"]
     if rel.endswith(".json") or (rel == "" and store.suffix == ".h5"):
         kinds += ["json"] * 4
     if rel.endswith(".npy"):
@@ -382,6 +383,8 @@ def apply(store: Path, outside: Path, m: dict[str, Any]) -> bool:
     if not os.path.lexists(target) or (target.is_symlink() and m["kind"] != "delete"):
         return False
     kind = m["kind"]
+    if stat.S_ISFIFO(target.lstat().st_mode) and kind != "delete":
+        return False
     if kind == "delete":
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
@@ -398,6 +401,9 @@ def apply(store: Path, outside: Path, m: dict[str, Any]) -> bool:
         target.symlink_to(copy)
     elif target.is_dir():
         return False
+    elif kind == "fifo":  # opening one for reading would block until a writer comes
+        target.unlink()
+        os.mkfifo(target)
     elif kind == "flip":
         data = bytearray(target.read_bytes())
         for at, x in m["at"]:
@@ -411,7 +417,7 @@ def apply(store: Path, outside: Path, m: dict[str, Any]) -> bool:
             f.write(bytes([m["fill"]]) * m["bytes"])
     elif kind == "swap":
         other = store / m["with"] if m["with"] else store
-        if other.is_dir() or not other.exists() or other == target:
+        if not other.is_file() or other.is_symlink() or other == target:
             return False
         a, b = target.read_bytes(), other.read_bytes()
         target.write_bytes(b)
@@ -456,6 +462,8 @@ def tree_state(root: Path) -> dict[str, Any]:
             key = os.fspath(p.relative_to(root))
             if p.is_symlink():
                 out[key] = ("link", os.readlink(p))
+            elif stat.S_ISFIFO(st_.st_mode):
+                out[key] = ("fifo",)
             elif p.is_file():
                 digest = hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest()
                 out[key] = ("file", st_.st_size, st_.st_mtime_ns, digest)

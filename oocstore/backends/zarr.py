@@ -116,7 +116,10 @@ _TMP_PREFIX = ".oocstore-"
 _CHUNK_KEY = re.compile(r"c(\.[0-9]+)+")
 _PARTIAL_META = re.compile(r"\.zarr\.json\.[0-9a-f]+\.partial")
 _NOSPACE = {errno.ENOSPC, errno.EDQUOT}
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+# Non-blocking: a FIFO planted as a chunk file must not block the open (see open_nofollow).
+_READ_FLAGS = (
+    os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+)
 
 
 # -- sizing -------------------------------------------------------------------------------------
@@ -573,6 +576,8 @@ class _UnitReader:
             problem = f"cannot open the chunk file ({err.strerror}); is it a symlink?"
             raise CorruptStoreError(where, problem) from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise CorruptStoreError(where, "chunk file is not a regular file")
             if lay.shard_rows is None:
                 if not lay.codecs:
                     _pread_into(fd, out, a * lay.row_nbytes, where)
