@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from ._durable import open_nofollow
-from .errors import StoreLockedError
+from .errors import CorruptStoreError, StoreLockedError
 
 __all__ = ["StoreLock"]
 
@@ -23,8 +25,18 @@ class StoreLock:
 
     def acquire(self) -> None:
         """Take the lock, or raise :class:`StoreLockedError` naming the holder's pid."""
+        where = os.fspath(self.path)
         while True:
-            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                if err.errno != errno.ELOOP:
+                    raise
+                problem = "the lock file is a symlink (never followed); remove it if nothing writes"
+                raise CorruptStoreError(where, problem) from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise CorruptStoreError(where, "the lock file is not a regular file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

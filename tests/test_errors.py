@@ -342,3 +342,16 @@ def test_planted_fifo_is_refused_without_blocking(tmp_path: Path, backend: str) 
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_planted_lock_symlink_is_refused(tmp_path: Path) -> None:
+    """A symlink in place of the writer's lock file is never followed (nor truncated through)."""
+    path = tmp_path / "s.ooc"
+    write_store(path).close()
+    outside = tmp_path / "precious.txt"
+    outside.write_bytes(b"precious")
+    (path / ".lock").unlink()
+    (path / ".lock").symlink_to(outside)
+    with pytest.raises(oocstore.CorruptStoreError, match=r"\.lock.*symlink"):
+        oocstore.Writer(path, resume=True)
+    assert outside.read_bytes() == b"precious"

@@ -40,6 +40,7 @@ from .stress import MODES, record
 CASES = {"fast": 40, "full": 1100}
 CASE_TIMEOUT = 60.0  # seconds per case; a case takes ~0.05 s, a loaded machine ~1 s
 N = 24  # samples in a template store
+MAX_CASE_BYTES = 64 * 2**20  # a resumed 24-sample store (+ 3 MiB of extension) stays far below
 
 # The sandbox: opens stores named over a pipe and reports what happened. Run by exec() in a
 # process of its own (a crash or hang there is what the test looks for).
@@ -113,6 +114,24 @@ while True:
         path, template = CONN.recv()
     except EOFError:
         break
+    if template is None:  # resume: open the mutated store read-write and close it
+        result = {}
+        try:
+            with oocstore.Writer(path, resume=True):
+                pass
+            with oocstore.open(path) as store:
+                read_all(store)
+            result["outcome"] = "ok"
+        except oocstore.OocstoreError as err:
+            result["outcome"] = "refused"
+            result["type"] = type(err).__name__
+            result["detail"] = str(err)[:300]
+        except BaseException as err:
+            result["outcome"] = "leak"
+            result["type"] = type(err).__name__
+            result["detail"] = traceback.format_exc()[-3000:]
+        CONN.send(result)
+        continue
     if template not in templates:
         with oocstore.open(template) as t:
             templates[template] = read_all(t)
@@ -155,11 +174,12 @@ class Sandbox:
         self.proc.start()
         child.close()
 
-    def run(self, path: Path, template: Path) -> dict[str, Any]:
-        """The sandbox's verdict on ``path``; a hang or a death is a verdict too."""
+    def run(self, path: Path, template: Path | None) -> dict[str, Any]:
+        """The sandbox's verdict on ``path`` (read against ``template``, or resumed when it is
+        None); a hang or a death is a verdict too."""
         if self.proc is None or not self.proc.is_alive():
             self.start()
-        self.conn.send((os.fspath(path), os.fspath(template)))
+        self.conn.send((os.fspath(path), None if template is None else os.fspath(template)))
         if not self.conn.poll(CASE_TIMEOUT):
             self.stop()
             return {"outcome": "hang", "detail": f"no answer in {CASE_TIMEOUT} s"}
@@ -488,6 +508,7 @@ def test_mutated_stores(tmp_path: Path, backend: str, mode: str, sandbox: Sandbo
     counts: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
     refused: Counter[str] = Counter()
+    refused_resume: Counter[str] = Counter()
     problems: list[str] = []
     cases = [0]
 
@@ -521,6 +542,7 @@ def test_mutated_stores(tmp_path: Path, backend: str, mode: str, sandbox: Sandbo
         for m in applied:
             kinds[m["kind"]] += 1
         before = tree_state(case)
+        outside_before = tree_state(outside)
         verdict = sandbox.run(store, template)
         after = tree_state(case)
         counts["cases"] += 1
@@ -539,6 +561,24 @@ def test_mutated_stores(tmp_path: Path, backend: str, mode: str, sandbox: Sandbo
             counts["modified"] += 1
             changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
             problems.append(f"files changed by a read-only open: {changed}: {what}")
+        if not data.draw(st.booleans(), label="resume"):
+            return
+        # Read-write: a resumed writer on the mutated store refuses it or repairs it, never
+        # leaks, crashes, hangs, grows files absurdly or touches anything outside the store.
+        verdict = sandbox.run(store, None)
+        counts["resumes"] += 1
+        counts[f"resume_{verdict['outcome']}"] += 1
+        if verdict["outcome"] == "refused":
+            refused_resume[verdict["type"]] += 1
+        if verdict["outcome"] in ("leak", "crash", "hang"):
+            problems.append(f"resume {verdict['outcome']}: {what}\n{verdict.get('detail', '')}")
+        if tree_state(outside) != outside_before:
+            counts["outside_modified"] += 1
+            problems.append(f"a resumed writer changed files outside the store: {what}")
+        grown = sum(f.stat().st_size for f in case.rglob("*") if f.is_file() and not f.is_symlink())
+        if grown > MAX_CASE_BYTES:
+            counts["grown"] += 1
+            problems.append(f"a resumed writer grew the store to {grown:,} bytes: {what}")
 
     one_case()
     summary = {
@@ -554,6 +594,15 @@ def test_mutated_stores(tmp_path: Path, backend: str, mode: str, sandbox: Sandbo
         "symlinks_followed": counts["symlink_followed"],
         "files_modified": counts["modified"],
         "mutations_by_kind": dict(kinds),
+        "resumes": counts["resumes"],
+        "resume_ok": counts["resume_ok"],
+        "resume_refused": counts["resume_refused"],
+        "resume_refused_by_type": dict(refused_resume),
+        "resume_leaked_exceptions": counts["resume_leak"],
+        "resume_crashes": counts["resume_crash"],
+        "resume_hangs": counts["resume_hang"],
+        "resume_touched_outside": counts["outside_modified"],
+        "resume_grew_files": counts["grown"],
     }
     record(mode, "mutations", backend, summary)
     assert not problems, f"{len(problems)} problems:\n\n" + "\n\n".join(problems[:15])
