@@ -7,7 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from .errors import CorruptStoreError
+
 __all__ = [
+    "check_packed",
     "region",
     "fits",
     "max_shape_of",
@@ -85,3 +88,55 @@ def unpack_block(
         start = int(off) - base
         out.append(values[start : start + size].reshape(tuple(int(d) for d in shp)))
     return out
+
+
+def check_packed(
+    n_values: int,
+    offsets: np.ndarray,
+    shapes: np.ndarray,
+    where: str,
+    *,
+    bound: Sequence[int] | None = None,
+    first: int = 0,
+) -> None:
+    """Refuse packed offsets and shapes that point outside the values (a damaged store).
+
+    Every sample must lie inside the ``n_values`` stored values: integer offsets, and
+    non-negative integer shapes (within ``bound`` when given) with ``offset + size <=
+    n_values``; otherwise slicing sample ``i`` fails with a bare NumPy error or returns a
+    short, wrong sample. ``first`` numbers the first sample in messages.
+    """
+    if offsets.ndim != 1 or offsets.dtype.kind not in "iu":
+        problem = f"offsets must be one integer per sample, not {offsets.dtype}{offsets.shape}"
+        raise CorruptStoreError(where, problem)
+    if shapes.ndim != 2 or shapes.dtype.kind not in "iu" or len(shapes) != len(offsets):
+        problem = (
+            f"shapes must be {len(offsets)} rows of integers, not {shapes.dtype}{shapes.shape}"
+        )
+        raise CorruptStoreError(where, problem)
+    if not len(offsets):
+        return
+    if shapes.size and int(shapes.min()) < 0:
+        i = int(np.argmin(shapes.min(axis=1)))
+        problem = f"sample {first + i} has a negative shape {shapes[i].tolist()}"
+        raise CorruptStoreError(where, problem)
+    if bound is not None:
+        over = np.flatnonzero((shapes > np.asarray(bound, dtype=np.int64)).any(axis=1))
+        if len(over):
+            i = int(over[0])
+            problem = (
+                f"sample {first + i} has shape {shapes[i].tolist()}, larger than the field's "
+                f"shape {tuple(bound)}"
+            )
+            raise CorruptStoreError(where, problem)
+    # Products in float64 cannot overflow; anything above the values' length is corrupt anyway.
+    sizes = np.prod(shapes.astype(np.float64), axis=1)
+    starts = offsets.astype(np.float64)
+    bad = np.flatnonzero((starts < 0) | (starts + sizes > n_values))
+    if len(bad):
+        i = int(bad[0])
+        problem = (
+            f"sample {first + i} (offset {int(offsets[i])}, shape {shapes[i].tolist()}) lies "
+            f"outside the {n_values:,} stored values; {len(bad):,} samples are out of bounds"
+        )
+        raise CorruptStoreError(where, problem)

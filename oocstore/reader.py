@@ -24,7 +24,7 @@ from .backends.base import ArrayReader
 from .checksum import ALGORITHM, hash_rows
 from .errors import CorruptStoreError
 from .manifest import Manifest
-from .ragged import fits, max_shape_of, region
+from .ragged import check_packed, fits, max_shape_of, region
 from .schema import Schema
 
 if TYPE_CHECKING:
@@ -66,7 +66,8 @@ class PackedArray(Sequence[np.ndarray]):
         self._values = values
         self._offsets = np.asarray(offsets)
         self._shapes = np.asarray(shapes)
-        _check_packed(self._values, self._offsets, self._shapes, where or "packed field")
+        n_values = int(values.shape[0]) if len(values.shape) else 0
+        check_packed(n_values, self._offsets, self._shapes, where or "packed field")
 
     @property
     def offsets(self) -> np.ndarray:
@@ -151,40 +152,6 @@ class PackedArray(Sequence[np.ndarray]):
 
     def __repr__(self) -> str:
         return f"<PackedArray {len(self)} samples of {self.dtype}>"
-
-
-def _check_packed(values: ArrayReader, offsets: np.ndarray, shapes: np.ndarray, where: str) -> None:
-    """Refuse offsets and shapes that point outside the values (a damaged or tampered store).
-
-    Every sample must lie inside the values array: non-negative integer shapes of the field's
-    rank and offsets with ``offset + size <= len(values)``; otherwise reading sample ``i``
-    would fail with a bare ``ValueError`` from NumPy, or return a short, wrong sample.
-    """
-    n_values = int(values.shape[0]) if len(values.shape) else 0
-    if offsets.ndim != 1 or offsets.dtype.kind not in "iu":
-        problem = f"offsets must be one integer per sample, not {offsets.dtype}{offsets.shape}"
-        raise CorruptStoreError(where, problem)
-    if shapes.ndim != 2 or shapes.dtype.kind not in "iu" or len(shapes) != len(offsets):
-        problem = (
-            f"shapes must be {len(offsets)} rows of integers, not {shapes.dtype}{shapes.shape}"
-        )
-        raise CorruptStoreError(where, problem)
-    if not len(offsets):
-        return
-    if shapes.size and int(shapes.min()) < 0:
-        i = int(np.argmin(shapes.min(axis=1)))
-        raise CorruptStoreError(where, f"sample {i} has a negative shape {shapes[i].tolist()}")
-    # Products in float64 cannot overflow; anything above the values' length is corrupt anyway.
-    sizes_f = np.prod(shapes.astype(np.float64), axis=1)
-    starts = offsets.astype(np.float64)
-    bad = np.flatnonzero((starts < 0) | (starts + sizes_f > n_values))
-    if len(bad):
-        i = int(bad[0])
-        problem = (
-            f"sample {i} (offset {int(offsets[i])}, shape {shapes[i].tolist()}) lies outside "
-            f"the {n_values:,} stored values; {len(bad):,} samples are out of bounds"
-        )
-        raise CorruptStoreError(where, problem)
 
 
 class Store:

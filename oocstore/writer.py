@@ -41,7 +41,16 @@ from .errors import (
 )
 from .manifest import ArraySpec, FieldLayout, Manifest
 from .progress import Progress
-from .ragged import fits, max_shape_of, pack_block, pad_block, region, sample_shapes, unpack_block
+from .ragged import (
+    check_packed,
+    fits,
+    max_shape_of,
+    pack_block,
+    pad_block,
+    region,
+    sample_shapes,
+    unpack_block,
+)
 from .schema import Casting, FieldSpec, Schema
 from .sizing import MemoryLike
 from .sources import as_stream
@@ -372,6 +381,12 @@ class _FieldWriter:
             stop = min(start + step, n)
             offsets = backend.read(f"{name}.offsets", start, stop)
             shapes = backend.read(f"{name}.shapes", start, stop)
+            # A resumed writer reads committed rows back: refuse damaged ones (issue 8).
+            n_values = self.arrays[f"{name}.values"].rows
+            check_packed(n_values, offsets, shapes, f"{owner.path}: field {name!r}", bound=shape)
+            if (np.diff(offsets) < 0).any():
+                where = f"{owner.path}: field {name!r}"
+                raise CorruptStoreError(where, f"packed offsets of samples {start}.. go backwards")
             lo = int(offsets[0])
             last = int(offsets[-1]) + math.prod(int(d) for d in shapes[-1])
             values = backend.read(f"{name}.values", lo, last)
@@ -387,6 +402,27 @@ class _FieldWriter:
         for old in (f"{name}.values", f"{name}.offsets"):
             self.arrays.pop(old)
             owner.obsolete.add(old)
+
+
+def _checked_spans(spans: dict[str, Any], manifest: Manifest, path: Path) -> dict[str, list[Any]]:
+    """The checksum record of a store being resumed, refused if damaged (issue 8)."""
+    out: dict[str, list[Any]] = {}
+    for name, value in spans.items():
+        spec = manifest.arrays.get(name)
+        ok = spec is not None and isinstance(value, list)
+        for span in value if ok else []:
+            ok = ok and (
+                isinstance(span, list)
+                and len(span) == 3
+                and all(type(v) is int for v in span[:2])
+                and 0 <= span[0] < span[1] <= spec.length  # type: ignore[union-attr]
+                and isinstance(span[2], str)
+            )
+        if not ok:
+            problem = f"the checksum record of array {name!r} is damaged: {value!r:.80}"
+            raise CorruptStoreError(os.fspath(path), problem)
+        out[name] = list(value)
+    return out
 
 
 class _EarlyFlush:
@@ -700,7 +736,7 @@ class Writer:
         self.length = self.committed = self.skip = manifest.length
         stored = manifest.extra.get("checksums", {})
         if isinstance(stored, dict) and isinstance(stored.get("spans"), dict):
-            self.checksums = {k: list(v) for k, v in stored["spans"].items()}
+            self.checksums = _checked_spans(stored["spans"], manifest, self.path)
         if self.names is None:
             self.names = list(manifest.schema.names)
         for spec in manifest.schema.fields:

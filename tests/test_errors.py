@@ -355,3 +355,33 @@ def test_planted_lock_symlink_is_refused(tmp_path: Path) -> None:
     with pytest.raises(oocstore.CorruptStoreError, match=r"\.lock.*symlink"):
         oocstore.Writer(path, resume=True)
     assert outside.read_bytes() == b"precious"
+
+
+def test_resume_refuses_damaged_packed_rows(tmp_path: Path) -> None:
+    """A resumed writer that lays a packed field out padded reads committed rows back: damaged
+    offsets are a CorruptStoreError, never a bare reshape error or a 576 PiB allocation."""
+    path = tmp_path / "s.ooc"
+    imgs = [np.full((i % 3 + 1, 2), i, np.uint8) for i in range(6)]
+    w = oocstore.Writer(path, names=("img",))
+    w.append((imgs,))
+    w.abort()
+    arr = np.load(path / "img.offsets.npy", mmap_mode="r+")
+    arr[-1] = 2**60
+    arr.flush()
+    del arr
+    w = oocstore.Writer(path, resume=True)
+    with pytest.raises(oocstore.CorruptStoreError, match=r"'img'.*sample 5 .*outside"):
+        w.close()
+    w.abort()
+
+
+def test_resume_refuses_a_symlinked_array_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.ooc"
+    write_store(path).close()
+    outside = tmp_path / "outside.npy"
+    (path / "x.npy").rename(outside)
+    (path / "x.npy").symlink_to(outside)
+    before = outside.read_bytes()
+    with pytest.raises(oocstore.CorruptStoreError, match=r"x\.npy.*cannot open"):
+        oocstore.Writer(path, resume=True)
+    assert outside.read_bytes() == before

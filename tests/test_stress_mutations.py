@@ -413,7 +413,11 @@ def apply(store: Path, outside: Path, m: dict[str, Any]) -> bool:
     elif kind == "symlink":
         copy = outside / f"copy-{len(list(outside.iterdir()))}"
         if target.is_dir():
-            shutil.copytree(target, copy, symlinks=True)
+            try:
+                shutil.copytree(target, copy, symlinks=True)
+            except shutil.Error:  # it holds a FIFO an earlier mutation planted
+                shutil.rmtree(copy, ignore_errors=True)
+                return False
             shutil.rmtree(target)
         else:
             shutil.copy2(target, copy)

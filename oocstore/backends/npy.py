@@ -140,7 +140,16 @@ class NpyBackend(Backend):
         capacities = {}
         for name, spec in manifest.arrays.items():
             path = self._file(name)
-            fd = open_nofollow(path, os.O_RDWR)
+            try:
+                fd = open_nofollow(path, os.O_RDWR)
+            except FileNotFoundError:
+                raise CorruptStoreError(os.fspath(path), "array file is missing") from None
+            except OSError as err:  # ELOOP: a symlink planted in the store is never followed
+                problem = f"cannot open the array file ({err.strerror})"
+                raise CorruptStoreError(os.fspath(path), problem) from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise CorruptStoreError(os.fspath(path), "array file is not a regular file")
             arr = _OpenArray(fd, path, spec.dtype, spec.shape)
             self._arrays[name] = arr
             size = os.fstat(fd).st_size
