@@ -728,7 +728,8 @@ def target_lines(wl: str, runs: dict[str, Runs]) -> list[str]:
               f"{wl}: highest oocstore peak RSS ({worst}, {ours_rss[worst]:,.0f} MB) < lowest "
               f"in-RAM approach ({least}, {m(least, 'peak_mb'):,.0f} MB)")  # fmt: skip
     plain_runs = [r for n in PLAIN_NPY if n in runs for r in runs[n].results]
-    plain = statistics.median(r["reads_per_s"] for r in plain_runs) if plain_runs else math.nan
+    plain_reads = [r["reads_per_s"] for r in plain_runs if "reads_per_s" in r]
+    plain = statistics.median(plain_reads) if plain_reads else math.nan  # none with --reads 0
     for name in ("oocstore-npy", "oocstore-hdf5"):
         ratio = m(name, "reads_per_s") / plain
         if not math.isnan(ratio):

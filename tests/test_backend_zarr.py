@@ -158,7 +158,8 @@ def test_default_chunks_are_whole_samples_of_tens_of_megabytes(tmp_path: Path) -
     rows = chunk_rows_for(64 * 64 * 3)
     assert img.chunks == (rows, 64, 64, 3)
     assert 2**20 <= rows * 64 * 64 * 3 <= 32 * 2**20
-    assert zarr.open_array(path / "label", mode="r").chunks == (chunk_rows_for(8),)
+    # capped at the known length: a short array gets no oversized chunk
+    assert zarr.open_array(path / "label", mode="r").chunks == (min(chunk_rows_for(8), 3000),)
     assert oocstore.open(path)["img"].chunks == (rows, 64, 64, 3)
 
 
@@ -167,7 +168,8 @@ def test_chunks_option_per_array(tmp_path: Path) -> None:
     x, y = images(50), np.arange(50)
     oocstore.write(batches(x, y, 7), path, names=("img", "label"), chunks={"img": 6})
     assert zarr.open_array(path / "img", mode="r").chunks == (6, 6, 5, 3)
-    assert zarr.open_array(path / "label", mode="r").chunks == (chunk_rows_for(8),)
+    # the default, at most the first allocation (the length is unknown here)
+    assert 50 <= zarr.open_array(path / "label", mode="r").chunks[0] <= chunk_rows_for(8)
     oocstore.write(batches(x, y, 7), path, names=("img", "label"), chunks=9, overwrite=True)
     assert zarr.open_array(path / "img", mode="r").chunks == (9, 6, 5, 3)
     assert zarr.open_array(path / "label", mode="r").chunks == (9,)
