@@ -7,6 +7,7 @@ grows, writes, syncs and trims arrays, stores the manifest, and opens arrays for
 
 from __future__ import annotations
 
+import os
 import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from .._durable import fsync_fd, open_nofollow
 from ..manifest import Manifest
 
 __all__ = ["ArrayReader", "Backend", "BackendOptions", "RegionWriter"]
@@ -66,6 +68,30 @@ class RegionWriter(ABC):
 
     def close(self) -> None:  # noqa: B027 -- optional: writers without handles need nothing
         """Release file handles (the writer may be used again: it reopens them)."""
+
+
+class FileRegionWriter(RegionWriter):
+    """A region writer of one file it ``pwrite``s into: opened once per process, on demand."""
+
+    path: Path
+    _fd: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": None}  # a file descriptor does not cross processes
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self._fd = open_nofollow(self.path, os.O_WRONLY)
+        return self._fd
+
+    def sync(self) -> None:
+        if self._fd is not None:
+            fsync_fd(self._fd, self.path)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 class Backend(ABC):

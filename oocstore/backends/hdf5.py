@@ -74,7 +74,7 @@ from .._durable import fsync_dir, fsync_fd, open_nofollow, preallocate, pwrite_a
 from ..errors import CorruptStoreError, DiskFullError, SchemaError, UnsupportedDtypeError
 from ..manifest import ArraySpec, Manifest
 from ._lazy import LazyArray
-from .base import ArrayReader, Backend, BackendOptions, RegionWriter
+from .base import ArrayReader, Backend, BackendOptions, FileRegionWriter, RegionWriter
 
 __all__ = [
     "ATTRIBUTE",
@@ -1480,40 +1480,17 @@ class Hdf5Backend(Backend):
                 self._file = None
 
 
-class Hdf5RegionWriter(RegionWriter):
+class Hdf5RegionWriter(FileRegionWriter):
     """Rows of one dataset, written with ``pwrite`` at the file offsets its extents give."""
 
     def __init__(self, name: str, path: Path, array: _Array) -> None:
         self.name = name
         self.path = path
         self.array = array
-        self._fd: int | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_fd": None}  # a file descriptor does not cross processes
+        self._fd = None
 
     def write(self, start: int, values: np.ndarray) -> None:
-        arr = self.array
-        if not arr.row_nbytes or not len(values):
-            return
-        if self._fd is None:
-            self._fd = open_nofollow(self.path, os.O_WRONLY)
-        data = np.ascontiguousarray(values)
-        if data.dtype != arr.dtype:
-            data = data.astype(arr.dtype)
-        buf = data.reshape(-1).view(np.uint8)
-        row = arr.row_nbytes
-        for lo, hi, off in arr.pieces(start, start + len(data)):
-            pwrite_all(self._fd, buf[(lo - start) * row : (hi - start) * row], off, self.path)
-
-    def sync(self) -> None:
-        if self._fd is not None:
-            fsync_fd(self._fd, self.path)
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        _pwrite_rows(self._open(), self.path, self.array, start, values)
 
 
 class _NoH5:
@@ -1525,6 +1502,11 @@ class _NoH5:
 
 def _write_into(f: _File, arr: _Array, start: int, values: np.ndarray) -> None:
     """Write rows into ``arr`` of file ``f`` at their offsets (its storage is there)."""
+    _pwrite_rows(f.fd, f.path, arr, start, values)
+
+
+def _pwrite_rows(fd: int, path: Path, arr: _Array, start: int, values: np.ndarray) -> None:
+    """``pwrite`` rows of ``arr`` from row ``start`` at the file offsets of its extents."""
     if not arr.row_nbytes or not len(values):
         return
     data = np.ascontiguousarray(values)
@@ -1533,7 +1515,7 @@ def _write_into(f: _File, arr: _Array, start: int, values: np.ndarray) -> None:
     buf = data.reshape(-1).view(np.uint8)
     row = arr.row_nbytes
     for lo, hi, off in arr.pieces(start, start + len(data)):
-        pwrite_all(f.fd, buf[(lo - start) * row : (hi - start) * row], off, f.path)
+        pwrite_all(fd, buf[(lo - start) * row : (hi - start) * row], off, path)
 
 
 def _chunk_offsets(dset: h5py.Dataset, first_row: int) -> dict[int, tuple[int, int]]:

@@ -27,7 +27,7 @@ from .._durable import (
 from .._npyheader import DATA_OFFSET, build_header, parse_header
 from ..errors import CorruptStoreError
 from ..manifest import ArraySpec, Manifest
-from .base import ArrayReader, Backend, BackendOptions, RegionWriter
+from .base import ArrayReader, Backend, BackendOptions, FileRegionWriter, RegionWriter
 
 __all__ = ["MANIFEST_NAME", "NpyBackend", "NpyRegionWriter"]
 
@@ -266,7 +266,7 @@ class NpyBackend(Backend):
         self._arrays.clear()
 
 
-class NpyRegionWriter(RegionWriter):
+class NpyRegionWriter(FileRegionWriter):
     """Rows of one preallocated ``.npy`` file, written with ``pwrite`` at their offsets."""
 
     def __init__(self, name: str, path: Path, row_nbytes: int, capacity: int) -> None:
@@ -274,15 +274,7 @@ class NpyRegionWriter(RegionWriter):
         self.path = path
         self.row_nbytes = row_nbytes
         self.capacity = capacity
-        self._fd: int | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_fd": None}  # a file descriptor does not cross processes
-
-    def _open(self) -> int:
-        if self._fd is None:
-            self._fd = open_nofollow(self.path, os.O_WRONLY)
-        return self._fd
+        self._fd = None
 
     def write(self, start: int, values: np.ndarray) -> None:
         if start < 0 or start + len(values) > self.capacity:
@@ -294,15 +286,6 @@ class NpyRegionWriter(RegionWriter):
         data = np.ascontiguousarray(values)
         if data.nbytes:
             pwrite_all(self._open(), data, DATA_OFFSET + start * self.row_nbytes, self.path)
-
-    def sync(self) -> None:
-        if self._fd is not None:
-            fsync_fd(self._fd, self.path)
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
 
 
 def _map_array(root: Path, name: str, spec: ArraySpec, complete: bool) -> np.ndarray:
