@@ -1155,6 +1155,17 @@ class Writer:
         return f"<oocstore.Writer {where} {self.length} samples {state}>"
 
 
+def _refuse_options(given: Mapping[str, bool], what: str) -> None:
+    """Raise ValueError naming the options that ``what`` cannot honour, if any was given."""
+    names = [name for name, on in given.items() if on]
+    if names:
+        msg = (
+            f"{', '.join(f'{n}=' for n in names)} cannot be used when writing {what}: "
+            "parallel writers fill dense fields of the source's own shape"
+        )
+        raise ValueError(msg)
+
+
 def _existing_store_backend(path: Path) -> str | None:
     try:
         return detect_backend(path)
@@ -1267,6 +1278,14 @@ def write(
         "attrs": attrs,
         "storage_options": storage_options,
     }
+    # Options the region writers (Dask, workers=N) do not take: refused, never ignored.
+    unused = {
+        "length": length is not None,
+        "batched": batched is not None,
+        "ragged": ragged != "pad",
+        "fill": not (isinstance(fill, (int, float)) and fill == 0),
+        "max_shape": max_shape is not None,
+    }
     if "dask" in sys.modules:  # a Dask array can only exist once dask is imported
         from .sources.dask import is_dask_source
 
@@ -1274,10 +1293,12 @@ def write(
             if workers is not None:
                 msg = "workers= is for indexable sources; Dask's scheduler runs a Dask array"
                 raise ValueError(msg)
+            _refuse_options(unused, "a Dask array (its chunks give the length and shapes)")
             from .sources.dask import write_dask
 
             return write_dask(source, path, names=names, casting=casting, **common)
     if workers is not None and workers != 1:
+        _refuse_options(unused, f"workers={workers} (len(source) gives the length)")
         from ._parallel import write_indexable
 
         return write_indexable(

@@ -263,3 +263,9 @@ def test_write_dask_errors(tmp_path: Path) -> None:
         oocstore.write(x, tmp_path / "w.ooc", workers=2)
     assert not (tmp_path / "u.ooc").exists()
     assert not (tmp_path / "l.ooc").exists()
+
+
+def test_options_a_dask_array_cannot_honour_are_refused(tmp_path: Path) -> None:
+    x = da.zeros((10, 3), chunks=5)
+    with pytest.raises(ValueError, match=r"length=, ragged= cannot be used when writing a Dask"):
+        oocstore.write(x, tmp_path / "s.zarr", length=10, ragged="pack")

@@ -81,3 +81,15 @@ def test_many_regions_keep_checksum_spans_bounded(tmp_path: Path) -> None:
     assert len(spans) <= MAX_SPANS
     np.testing.assert_array_equal(store["0"][:], x)
     assert store.verify() == []
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("length", 10), ("batched", True), ("ragged", "pack"), ("fill", 7), ("max_shape", {})],
+)
+def test_options_parallel_writers_cannot_honour_are_refused(
+    tmp_path: Path, option: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=rf"{option}= cannot be used when writing workers=2"):
+        oocstore.write(Samples(10), tmp_path / "s.ooc", workers=2, **{option: value})
+    assert not (tmp_path / "s.ooc").exists()
