@@ -1342,6 +1342,9 @@ class Hdf5Backend(Backend):
             else:
                 layouts = _check_layouts(manifest, info, size, header[0], where)
                 try:
+                    # libhdf5 can loop forever or crash on damaged metadata (seen: one flipped
+                    # bit in an attribute heap): read it in a child process first.
+                    _probe_metadata(self.root)
                     with _writing(self.root, "opening the file"):
                         h5 = h5py.File(self.root, "r+", libver=LIBVER)
                 except OSError as err:
@@ -1491,6 +1494,43 @@ class Hdf5RegionWriter(FileRegionWriter):
 
     def write(self, start: int, values: np.ndarray) -> None:
         _pwrite_rows(self._open(), self.path, self.array, start, values)
+
+
+PROBE_SECONDS = 20.0
+"""How long reading a file's HDF5 metadata may take in the probe before it counts as damaged."""
+
+_PROBE = """
+import sys
+import h5py
+with h5py.File(sys.argv[1], "r") as f:
+    f.attrs.get(sys.argv[2])
+    for name in f:
+        obj = f[name]
+        getattr(obj, "shape", None)
+        dict(obj.attrs)
+"""
+
+
+def _probe_metadata(path: Path) -> None:
+    """Read the file's HDF5 metadata in a child process; OSError if it fails, crashes or hangs.
+
+    A resumed writer opens the file read-write in this process, where a libhdf5 hang or crash
+    on damaged metadata could not be recovered from; the commit record can rebuild the file.
+    """
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
+    cmd = [sys.executable, "-c", _PROBE, os.fspath(path), ATTRIBUTE]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=PROBE_SECONDS, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        msg = f"reading its HDF5 metadata did not finish in {PROBE_SECONDS:.0f} s"
+        raise OSError(errno.EIO, msg) from None
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
+        msg = f"reading its HDF5 metadata failed (exit {proc.returncode}): {lines[-1][:200]}"
+        raise OSError(errno.EIO, msg)
 
 
 class _NoH5:
