@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import drop_caches
 
 ROW = 1024  # float32 per sample: 4 KiB rows
 CHUNK_ROWS = 2048  # 8 MiB chunks on both sides (oocstore's default chunk size)
@@ -77,13 +78,9 @@ def fsync_tree(root: Path) -> None:
             os.close(fd)
 
 
-def drop_caches() -> str:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        return "warm"
-    return "cold"
+def cache_state_after_drop() -> str:
+    """Drop the page cache where we may; "cold" if it was dropped, else "warm"."""
+    return "cold" if drop_caches() else "warm"
 
 
 @contextlib.contextmanager
@@ -182,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                     ("to_dask", read_oocstore, base / "o.zarr"),
                 ]
                 for name, fn, path in reads[:: 1 if r % 2 == 0 else -1]:
-                    cache = drop_caches()
+                    cache = cache_state_after_drop()
                     times[name].append(timed(lambda fn=fn, path=path: fn(path)))
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -49,7 +49,6 @@ temporary directory; it should be on the disk you care about).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import math
@@ -71,6 +70,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from _common import DROP_CACHES, drop_caches
 from npy_append_array import NpyAppendArray
 
 import oocstore
@@ -91,7 +91,6 @@ QUIET_MB = 5.0  # ... and write less than this to the disk (MB per second)
 NOISY_CORES = 0.25  # a round in which other processes used more CPU than this is repeated,
 NOISY_MB = 100.0  # ... or wrote more than this to the disk during one of its runs
 SECTION_TITLE = "## Write throughput (npy backend)"
-DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 RAW = "raw write + fsync"
 NAA = "npy-append-array"
@@ -189,13 +188,6 @@ def remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
-
-
-def drop_page_cache() -> None:
-    """Write back dirty pages and, as root, drop the page cache."""
-    os.sync()
-    with contextlib.suppress(OSError):  # not root: dirty pages are written back, that is all
-        DROP_CACHES.write_text("3\n")
 
 
 def _others_cpu_seconds() -> float:
@@ -328,7 +320,7 @@ def timed_run(
     out = workdir / f"out{contender.suffix}"
     remove(out)
     if drop:
-        drop_page_cache()
+        drop_caches()  # not root: dirty pages are written back, that is all
     else:
         os.sync()
     wait_for_quiet(workdir, max_wait)

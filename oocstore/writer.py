@@ -462,7 +462,7 @@ class _NoLock:
     def acquire(self) -> None:
         """Nothing to lock."""
 
-    def release(self) -> None:
+    def release(self, *, remove: bool = False) -> None:
         """Nothing to unlock."""
 
 
@@ -943,18 +943,12 @@ class Writer:
             raise ValueError(msg)
         nbytes = 0
         for a in self._live_arrays():
-            a.flush()
-            span = a.hasher.take(a.rows)
-            if span is not None:
-                self.checksums.setdefault(a.name, []).append(span)
+            self._close_span(a)
             if a.rows != self.length:
                 msg = f"array {a.name!r} holds {a.rows} rows, the store {self.length}"
                 raise ValueError(msg)
             a.skip_to(stop)
-            mine = self.checksums.setdefault(a.name, [])
-            mine.extend(list(sp) for sp in spans.get(a.name, ()))
-            if len(mine) > MAX_SPANS:
-                self.checksums[a.name] = coalesce(mine, a.row_nbytes, MAX_SPANS)
+            self._record_spans(a, [list(sp) for sp in spans.get(a.name, ())])
             self.backend.rows_written(a.name, stop)
             nbytes += (stop - self.length) * a.row_nbytes
         if self._progress is not None:
@@ -968,6 +962,20 @@ class Writer:
         for batch in batches:
             self.append(batch)
 
+    def _close_span(self, a: _StagedArray) -> None:
+        """Write ``a``'s staged rows and record the checksum span of its rows since the last."""
+        a.flush()
+        span = a.hasher.take(a.rows)
+        if span is not None:
+            self._record_spans(a, [span])
+
+    def _record_spans(self, a: _StagedArray, spans: list[list[Any]]) -> None:
+        """Add checksum spans of ``a``; past MAX_SPANS, neighbours merge (no rereading)."""
+        mine = self.checksums.setdefault(a.name, [])
+        mine.extend(spans)
+        if len(mine) > MAX_SPANS:
+            self.checksums[a.name] = coalesce(mine, a.row_nbytes, MAX_SPANS)
+
     def _live_arrays(self) -> list[_StagedArray]:
         return [a for fw in self._fields.values() for a in fw.arrays.values()]
 
@@ -980,13 +988,7 @@ class Writer:
         assert self._schema is not None
         arrays = self._live_arrays()
         for a in arrays:
-            a.flush()
-            span = a.hasher.take(a.rows)
-            if span is not None:
-                spans = self.checksums.setdefault(a.name, [])
-                spans.append(span)
-                if len(spans) > MAX_SPANS:
-                    self.checksums[a.name] = coalesce(spans, a.row_nbytes, MAX_SPANS)
+            self._close_span(a)
         lengths = {a.name: a.rows for a in arrays}
         live = set(lengths)
         checksums = {k: list(v) for k, v in self.checksums.items() if k in live}
@@ -1123,10 +1125,8 @@ class Writer:
             for a in fw.arrays.values():
                 a.release_buffer()
         # A lock file beside the store (zarr, hdf5) goes with the writer; one inside stays.
-        if isinstance(self._lock, StoreLock):
-            self._lock.release(remove=self._lock.path.parent != self.path)
-        else:
-            self._lock.release()
+        sibling = isinstance(self._lock, StoreLock) and self._lock.path.parent != self.path
+        self._lock.release(remove=sibling)
 
     def __enter__(self) -> Writer:
         if self._progress_flag is not False and self._progress is None:

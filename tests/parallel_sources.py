@@ -38,33 +38,37 @@ class Samples:
         return sample(i)
 
 
-class KillAt(Samples):
-    """Like :class:`Samples`, but the worker process reading sample ``at`` is SIGKILLed."""
+class _FaultAt(Samples):
+    """Like :class:`Samples`, but reading sample ``at`` in a worker process goes wrong."""
 
     def __init__(self, n: int, at: int) -> None:
         super().__init__(n)
         self.at = at
         self.parent = os.getpid()
 
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        if i == self.at and os.getpid() != self.parent:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return super().__getitem__(i)
-
-
-class FailAt(Samples):
-    """Like :class:`Samples`, but reading sample ``at`` raises (in a worker)."""
-
-    def __init__(self, n: int, at: int) -> None:
-        super().__init__(n)
-        self.at = at
-        self.parent = os.getpid()
+    def fault(self, i: int) -> None:
+        """What reading sample ``i`` (= ``at``) does in a worker."""
+        raise NotImplementedError
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         if i == self.at and os.getpid() != self.parent:
-            msg = f"cannot read sample {i}"
-            raise RuntimeError(msg)
+            self.fault(i)
         return super().__getitem__(i)
+
+
+class KillAt(_FaultAt):
+    """The worker process reading sample ``at`` is SIGKILLed."""
+
+    def fault(self, i: int) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class FailAt(_FaultAt):
+    """Reading sample ``at`` raises (in a worker)."""
+
+    def fault(self, i: int) -> None:
+        msg = f"cannot read sample {i}"
+        raise RuntimeError(msg)
 
 
 class Ragged(Samples):

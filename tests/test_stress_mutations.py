@@ -109,6 +109,14 @@ def matches(got, want):
     return True
 
 
+def failure(err):
+    """The verdict on an exception: refused (one of oocstore's own) or leaked."""
+    if isinstance(err, oocstore.OocstoreError):
+        return {"outcome": "refused", "type": type(err).__name__, "detail": str(err)[:300]}
+    return {"outcome": "leak", "type": type(err).__name__,
+            "detail": traceback.format_exc()[-3000:]}
+
+
 while True:
     try:
         path, template = CONN.recv()
@@ -122,14 +130,8 @@ while True:
             with oocstore.open(path) as store:
                 read_all(store)
             result["outcome"] = "ok"
-        except oocstore.OocstoreError as err:
-            result["outcome"] = "refused"
-            result["type"] = type(err).__name__
-            result["detail"] = str(err)[:300]
         except BaseException as err:
-            result["outcome"] = "leak"
-            result["type"] = type(err).__name__
-            result["detail"] = traceback.format_exc()[-3000:]
+            result = failure(err)
         CONN.send(result)
         continue
     if template not in templates:
@@ -140,14 +142,8 @@ while True:
         with oocstore.open(path) as store:
             got = read_all(store)
             damage = store.verify()
-    except oocstore.OocstoreError as err:
-        result["outcome"] = "refused"
-        result["type"] = type(err).__name__
-        result["detail"] = str(err)[:300]
     except BaseException as err:
-        result["outcome"] = "leak"
-        result["type"] = type(err).__name__
-        result["detail"] = traceback.format_exc()[-3000:]
+        result = failure(err)
     else:
         result["outcome"] = "ok" if matches(got, templates[template]) else (
             "detected" if damage else "wrong"

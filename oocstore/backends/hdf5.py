@@ -1358,14 +1358,8 @@ class Hdf5Backend(Backend):
                 else:
                     f = _File(self.root, h5, fd, header[0])
                     self._file = f
+                    # The probe above read the manifest attribute the next commit rewrites.
                     problem = self._adopt_datasets(f, manifest, layouts)
-                    if problem is None:
-                        # The next commit rewrites the manifest attribute: HDF5 metadata that a
-                        # damaged file cannot read back would fail there (issue 8).
-                        try:
-                            f.h5.attrs.get(ATTRIBUTE)
-                        except Exception as err:  # any HDF5 failure: damaged metadata
-                            problem = f"its manifest attribute is unreadable ({err})"
                     if problem is not None:
                         log.warning(
                             "HDF5 metadata of %s disagrees with its commit record (%s): "
