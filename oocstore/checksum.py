@@ -9,13 +9,24 @@ on one core but holds the GIL, which made it cost 0.2-0.4 s per 2 GB of writing)
 from __future__ import annotations
 
 import atexit
+import math
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import crc32c
 import numpy as np
 
-__all__ = ["ALGORITHM", "MAX_SPANS", "SpanHasher", "coalesce", "crc32c_combine", "hash_rows"]
+__all__ = [
+    "ALGORITHM",
+    "MAX_SPANS",
+    "SpanHasher",
+    "coalesce",
+    "crc32c_combine",
+    "hash_rows",
+    "span_shape",
+    "valid_span",
+]
 
 ALGORITHM = "crc32c"
 _BLOCK_BYTES = 32 * 2**20
@@ -83,16 +94,49 @@ class SpanHasher:
         return span
 
 
-def hash_rows(array: Any, start: int, stop: int) -> str:
-    """Hash rows ``[start, stop)`` of an array-like, reading it in blocks of ~32 MB."""
+def hash_rows(array: Any, start: int, stop: int, shape: Sequence[int] | None = None) -> str:
+    """Hash rows ``[start, stop)`` of an array-like, reading it in blocks of ~32 MB.
+
+    With ``shape``, each row is cut to it first: a padded field whose rows grew after the
+    span was hashed (the growth only added padding past ``shape``).
+    """
     crc = 0
     row_nbytes = max(int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize, 1)
     step = max(_BLOCK_BYTES // row_nbytes, 1)
+    cut = None if shape is None else (slice(None), *(slice(0, int(d)) for d in shape))
     for lo in range(start, stop, step):
         block = np.asarray(array[lo : min(lo + step, stop)])
+        if cut is not None:
+            block = block[cut]
         if block.size:
             crc = crc32c.crc32c(_bytes_of(block).data, crc)
     return f"{crc:08x}"
+
+
+def span_shape(span: Sequence[Any], shape: Sequence[int]) -> tuple[int, ...]:
+    """The row shape span ``span`` was hashed at: its fourth entry, else the array's ``shape``."""
+    return tuple(span[3]) if len(span) > 3 else tuple(shape)
+
+
+def valid_span(span: Any, length: int, shape: Sequence[int]) -> bool:
+    """Is ``span`` a well-formed ``[start, stop, crc]`` (or ``[start, stop, crc, row shape]``,
+    hashed before a padded field's rows grew) of an array of ``length`` rows of ``shape``?"""
+    if not (
+        isinstance(span, list)
+        and len(span) in (3, 4)
+        and all(type(v) is int for v in span[:2])
+        and 0 <= span[0] < span[1] <= length
+        and isinstance(span[2], str)
+    ):
+        return False
+    if len(span) == 3:
+        return True
+    rows = span[3]
+    return (
+        isinstance(rows, list)
+        and len(rows) == len(shape)
+        and all(type(d) is int and 0 <= d <= m for d, m in zip(rows, shape, strict=True))
+    )
 
 
 def _gf2_times(mat: list[int], vec: int) -> int:
@@ -137,12 +181,15 @@ def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
     return crc1 ^ crc2
 
 
-def coalesce(spans: list[Any], row_nbytes: int, limit: int = MAX_SPANS) -> list[Any]:
+def coalesce(
+    spans: list[Any], itemsize: int, shape: Sequence[int], limit: int = MAX_SPANS
+) -> list[Any]:
     """Merge neighbouring spans pairwise while there are more than ``limit`` of them.
 
-    Two spans merge only when one ends where the next starts; the merged CRC is combined
-    from theirs, so nothing is read again. Each merge halves the count, so over a long run
-    every span takes part in O(log n) merges.
+    Two spans merge only when one ends where the next starts and both were hashed at the
+    same row shape (of ``itemsize``-byte items; ``shape`` unless the span says otherwise);
+    the merged CRC is combined from theirs, so nothing is read again. Each merge halves the
+    count, so over a long run every span takes part in O(log n) merges.
     """
     while len(spans) > limit:
         merged: list[Any] = []
@@ -150,9 +197,10 @@ def coalesce(spans: list[Any], row_nbytes: int, limit: int = MAX_SPANS) -> list[
         while i < len(spans):
             a = spans[i]
             b = spans[i + 1] if i + 1 < len(spans) else None
-            if b is not None and a[1] == b[0]:
+            if b is not None and a[1] == b[0] and a[3:] == b[3:]:
+                row_nbytes = math.prod(span_shape(b, shape)) * itemsize
                 crc = crc32c_combine(int(a[2], 16), int(b[2], 16), (b[1] - b[0]) * row_nbytes)
-                merged.append([a[0], b[1], f"{crc:08x}"])
+                merged.append([a[0], b[1], f"{crc:08x}", *a[3:]])
                 i += 2
             else:
                 merged.append(a)

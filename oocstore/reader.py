@@ -21,7 +21,7 @@ import numpy as np
 from ._url import is_url
 from .backends import backend_class, detect_backend
 from .backends.base import ArrayReader
-from .checksum import ALGORITHM, hash_rows
+from .checksum import ALGORITHM, hash_rows, valid_span
 from .errors import CorruptStoreError
 from .manifest import Manifest
 from .ragged import check_packed, fits, max_shape_of, region
@@ -407,17 +407,12 @@ class Store:
             field = name.split(".", 1)[0]
             spans = record["spans"].get(name, [])
             for span in spans if isinstance(spans, list) else [None]:
-                if (
-                    not isinstance(span, list)
-                    or len(span) != 3
-                    or not all(type(v) is int for v in span[:2])
-                    or not 0 <= span[0] < span[1] <= spec.length
-                    or not isinstance(span[2], str)
-                ):
+                if span is None or not valid_span(span, spec.length, spec.shape):
                     problems.append(Damage(field, name, 0, spec.length, f"bad span {span!r:.60}"))
                     continue
-                start, stop, expected = span
-                actual = hash_rows(self._arrays[name], start, stop)
+                start, stop, expected = span[:3]
+                shape = span[3] if len(span) > 3 else None
+                actual = hash_rows(self._arrays[name], start, stop, shape)
                 if actual != expected:
                     msg = f"checksum {actual} != recorded {expected}"
                     problems.append(Damage(field, name, start, stop, msg))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -26,6 +27,7 @@ __all__ = [
     "memory_budget",
     "parse_bytes",
     "stage_rows",
+    "tile_shape",
 ]
 
 log = logging.getLogger(__name__)
@@ -217,3 +219,30 @@ def grow_capacity(capacity: int, needed: int, row_nbytes: int) -> int:
         cap_rows = max((4 * 2**30) // row_nbytes, 1)
         grown = min(grown, max(needed, capacity + cap_rows))
     return int(grown)
+
+
+TILE_BYTES = 32 * 2**10
+"""Largest tile (the chunk extent past the sample axis) of a padded field whose rows may grow."""
+
+
+def tile_shape(shape: Sequence[int], itemsize: int, growing: Sequence[int] = ()) -> tuple[int, ...]:
+    """Chunk extent along each trailing axis of a padded field whose rows may grow (Zarr).
+
+    Zarr's chunk grid is fixed when the array is created, and an edge chunk is stored whole.
+    Chunks that each cover a *tile* of the row let the row grow by whole new chunk files;
+    the cost is the part of the edge tiles past the row's end, less than a tile per axis.
+    So the axes seen to vary (``growing``) get tiles of a quarter of their size (at least
+    16): when the rows outgrow the first batch by a little, that part is ~1/4 of it, not a
+    whole row's worth. Then the largest axis is halved (rounding up, so tiles still cover
+    ``shape`` exactly) until a tile is at most :data:`TILE_BYTES`. 256x256x3 uint8 images
+    of varying height and width get 64x64x3 tiles.
+    """
+    tile = [max(int(d), 1) for d in shape]
+    for i in growing:
+        tile[i] = max(-(-tile[i] // 4), min(tile[i], 16))
+    while tile and math.prod(tile) * itemsize > TILE_BYTES:
+        i = max(range(len(tile)), key=tile.__getitem__)
+        if tile[i] <= 16:
+            break
+        tile[i] = -(-tile[i] // 2)
+    return tuple(tile)

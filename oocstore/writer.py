@@ -28,7 +28,7 @@ from ._url import is_url
 from .backends import backend_class, backend_for_path, detect_backend
 from .backends.base import Backend, BackendOptions, RegionWriter
 from .batches import Batch, FieldValue, split_batch
-from .checksum import ALGORITHM, MAX_SPANS, SpanHasher, coalesce
+from .checksum import ALGORITHM, MAX_SPANS, SpanHasher, coalesce, valid_span
 from .errors import (
     CorruptStoreError,
     DiskFullError,
@@ -91,6 +91,7 @@ class _StagedArray:
         self.shape = shape
         self.row_nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         self.capacity = capacity
+        self.budget = budget
         self.chunk_rows = max(backend.write_unit_rows(name), 1)
         self.stage_rows = sizing.stage_rows(self.row_nbytes, budget, self.chunk_rows)
         # Runs this long skip the stage: a copy would cost more than the extra syscall.
@@ -175,6 +176,23 @@ class _StagedArray:
         """Drop the staging buffer (after close)."""
         self._buf = None
 
+    def widen(self, shape: tuple[int, ...]) -> None:
+        """Continue with rows of ``shape`` (a padded field grew); the caller closed the span.
+
+        Staged rows are on disk already (``flush``): the stage restarts empty, sized anew.
+        A chunk written whole from the stage is then finished by reading its first rows back,
+        once per growth: the rows of a ragged field grow a few times, not per batch.
+        """
+        self.stage_start += self.fill
+        self.fill = 0
+        self._buf = None
+        self.shape = shape
+        self.row_nbytes = int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
+        self.stage_rows = sizing.stage_rows(self.row_nbytes, self.budget, self.chunk_rows)
+        self.direct_rows = min(
+            self.stage_rows, max(self.chunk_rows, sizing.direct_write_rows(self.row_nbytes))
+        )
+
     def skip_to(self, stop: int) -> None:
         """Continue at row ``stop``: rows up to it were written by region writers.
 
@@ -228,10 +246,13 @@ class _FieldWriter:
                 assert isinstance(value, np.ndarray)
                 self.arrays[self.spec.name].append(value)
                 return value.nbytes
-            self._dense_to_packed()
-            kind = "packed"
+            kind = "padded" if self._dense_to_padded(value) else "packed"
+            if kind == "packed":
+                self._dense_to_packed()
         shapes = sample_shapes(value)
         if kind == "padded":
+            if not fits(shapes, self.spec.shape) and self.owner.backend.grows_rows:
+                self._widen(max_shape_of(shapes, self.spec.shape))
             if fits(shapes, self.spec.shape):
                 block = pad_block(value, self.spec.shape, self.spec.dtype, self.layout.fill)
                 self.arrays[self.spec.name].append(block)
@@ -266,18 +287,33 @@ class _FieldWriter:
     # -- layout changes -------------------------------------------------------------------------
 
     def _new_array(
-        self, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], capacity: int
+        self,
+        name: str,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        capacity: int,
+        *,
+        padded: bool = False,
+        growing: Sequence[int] = (),
     ) -> _StagedArray:
         owner = self.owner
+
+        def create(capacity: int) -> None:
+            if padded:
+                tile = sizing.tile_shape(shape, dtype.itemsize, growing)
+                owner.backend.create_padded(name, dtype, shape, capacity, self.layout.fill, tile)
+            else:
+                owner.backend.create_array(name, dtype, shape, capacity)
+
         owner.checksums.pop(name, None)  # a new array: spans of an old one of that name go
         try:
-            owner.backend.create_array(name, dtype, shape, capacity)
+            create(capacity)
         except DiskFullError:
             if not owner._guessed_capacity:
                 raise
             # The first guess at an unknown length did not fit: allocate as data comes.
             capacity = 0
-            owner.backend.create_array(name, dtype, shape, capacity)
+            create(capacity)
         arr = _StagedArray(
             owner.backend, name, dtype, shape, rows=0, capacity=capacity, budget=owner.budget
         )
@@ -292,6 +328,65 @@ class _FieldWriter:
             self._new_array(f"{name}.shapes", _SHAPES_DTYPE, (self.spec.ndim,), cap)
         if f"{name}.values" not in self.arrays:
             self._new_array(f"{name}.values", self.spec.dtype, (), max(values, 1024))
+
+    def _padded_arrays(
+        self, shape: tuple[int, ...], capacity: int, growing: Sequence[int] = ()
+    ) -> None:
+        """Create the arrays of a padded field: rows of ``shape`` (the axes ``growing`` seen
+        to vary) and their true shapes."""
+        name = self.spec.name
+        self.spec = FieldSpec(name, shape, self.spec.dtype, ragged=True)
+        self.layout = FieldLayout(kind="padded", fill=self.layout.fill)
+        self._new_array(name, self.spec.dtype, shape, capacity, padded=True, growing=growing)
+        self._new_array(f"{name}.shapes", _SHAPES_DTYPE, (self.spec.ndim,), capacity)
+
+    def _widen(self, shape: tuple[int, ...]) -> None:
+        """Grow a padded field's rows in place to ``shape`` (``backend.grows_rows``)."""
+        name = self.spec.name
+        owner = self.owner
+        arr = self.arrays[name]
+        owner._close_span(arr)
+        # Spans so far were hashed at the old shape: each says so, and verify() reads its
+        # rows cut to it (growing only adds padding past it, so those bytes never change).
+        for span in owner.checksums.get(name, []):
+            if len(span) == 3:
+                span.append(list(arr.shape))
+        owner.backend.grow_rows(name, shape)
+        arr.widen(shape)
+        self.spec = FieldSpec(name, shape, self.spec.dtype, ragged=True)
+        log.debug("field %r: rows grew to %s in place", name, shape)
+
+    def _dense_to_padded(self, value: FieldValue) -> bool:
+        """Turn a dense field padded, where rows can grow and nothing of it is committed yet.
+
+        The dense rows are read back and rewritten as padded rows (a new array of the same
+        name, tiled to grow), so the field keeps growing in place instead of being staged
+        packed and laid out at close. Only before the first commit that declares rows of
+        it: until then the array it replaces holds nothing a reader or a resume may need.
+        False where that does not hold (the caller then stages the field packed).
+        """
+        owner = self.owner
+        name = self.spec.name
+        dense = self.arrays[name]
+        if (
+            not owner.backend.grows_rows
+            or owner.ragged != "pad"
+            or owner.committed
+            or owner._pending is not None
+            or dense.rows * dense.row_nbytes > owner.budget // 4
+        ):
+            return False
+        dense.flush()
+        rows = owner.backend.read(name, 0, dense.rows)
+        del self.arrays[name]
+        growing = _growing_axes(sample_shapes(value), self.spec.shape)
+        self._padded_arrays(self.spec.shape, max(dense.capacity, dense.rows), growing)
+        self.arrays[name].append(rows)
+        shape_row = np.asarray(self.spec.shape, dtype=np.int64)
+        shapes = np.broadcast_to(shape_row, (len(rows), len(shape_row)))
+        self.arrays[f"{name}.shapes"].append(shapes)
+        log.debug("field %r became ragged after %d samples: padded, growing", name, len(rows))
+        return True
 
     def _dense_to_packed(self) -> None:
         """Reinterpret the dense rows written so far as the start of a packed field."""
@@ -372,7 +467,7 @@ class _FieldWriter:
             # The last commit still names the dense file this field started in: commit the
             # packed arrays first, so that file can go before the padded one takes its name.
             owner.commit()
-        padded = self._new_array(name, self.spec.dtype, shape, n)
+        padded = self._new_array(name, self.spec.dtype, shape, n, padded=True)
         step = max(sizing.layout_rows(padded.row_nbytes, owner.budget), 1)
         # One buffer, refilled per block: fresh memory per block is slow to touch on this VM.
         block = np.empty((min(step, n), *shape), dtype=self.spec.dtype)
@@ -404,6 +499,14 @@ class _FieldWriter:
             owner.obsolete.add(old)
 
 
+def _growing_axes(shapes: np.ndarray, shape: Sequence[int]) -> tuple[int, ...]:
+    """The axes on which sample ``shapes`` differ from ``shape`` or from one another."""
+    if not len(shapes):
+        return ()
+    seen = np.vstack([shapes, np.asarray(shape, dtype=np.int64)[None]])
+    return tuple(int(i) for i in np.flatnonzero(seen.min(axis=0) != seen.max(axis=0)))
+
+
 def _checked_spans(spans: dict[str, Any], manifest: Manifest, path: Path) -> dict[str, list[Any]]:
     """The checksum record of a store being resumed, refused if damaged (issue 8)."""
     out: dict[str, list[Any]] = {}
@@ -411,13 +514,7 @@ def _checked_spans(spans: dict[str, Any], manifest: Manifest, path: Path) -> dic
         spec = manifest.arrays.get(name)
         ok = spec is not None and isinstance(value, list)
         for span in value if ok else []:
-            ok = ok and (
-                isinstance(span, list)
-                and len(span) == 3
-                and all(type(v) is int for v in span[:2])
-                and 0 <= span[0] < span[1] <= spec.length  # type: ignore[union-attr]
-                and isinstance(span[2], str)
-            )
+            ok = ok and valid_span(span, spec.length, spec.shape)  # type: ignore[union-attr]
         if not ok:
             problem = f"the checksum record of array {name!r} is damaged: {value!r:.80}"
             raise CorruptStoreError(os.fspath(path), problem)
@@ -821,10 +918,10 @@ class Writer:
                     )
                     raise RaggedError(msg, field=spec.name)
                 shape = tuple(max(a, b) for a, b in zip(bound, spec.shape, strict=True))
-                fw.spec = FieldSpec(spec.name, shape, spec.dtype, ragged=True)
-                fw.layout = FieldLayout(kind="padded", fill=fill)
-                fw._new_array(spec.name, spec.dtype, shape, capacity)
-                fw._new_array(f"{spec.name}.shapes", _SHAPES_DTYPE, (spec.ndim,), capacity)
+                fw._padded_arrays(shape, capacity)
+            elif spec.ragged and self.ragged == "pad" and self.backend.grows_rows:
+                growing = _growing_axes(sample_shapes(batch.fields[spec.name]), spec.shape)
+                fw._padded_arrays(spec.shape, capacity, growing)  # grown in place as needed
             elif spec.ragged:
                 fw.spec = FieldSpec(spec.name, spec.shape, spec.dtype, ragged=True)
                 fw.layout = FieldLayout(kind="packed", fill=fill)
@@ -974,7 +1071,7 @@ class Writer:
         mine = self.checksums.setdefault(a.name, [])
         mine.extend(spans)
         if len(mine) > MAX_SPANS:
-            self.checksums[a.name] = coalesce(mine, a.row_nbytes, MAX_SPANS)
+            self.checksums[a.name] = coalesce(mine, a.dtype.itemsize, a.shape, MAX_SPANS)
 
     def _live_arrays(self) -> list[_StagedArray]:
         return [a for fw in self._fields.values() for a in fw.arrays.values()]

@@ -28,7 +28,7 @@ def test_coalesce_keeps_the_crc_of_every_byte(sizes: list[int], limit: int) -> N
         chunk = data[start * row_nbytes : (start + n) * row_nbytes].tobytes()
         spans.append([start, start + n, f"{crc32c.crc32c(chunk):08x}"])
         start += n
-    merged = coalesce(spans, row_nbytes, limit)
+    merged = coalesce(spans, 1, (row_nbytes,), limit)
     assert len(merged) <= limit or len(merged) == 1
     assert merged[0][0] == 0
     assert merged[-1][1] == start

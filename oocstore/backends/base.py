@@ -105,6 +105,9 @@ class Backend(ABC):
     """Path suffixes that select this backend when none is named."""
     background_sync: ClassVar[bool] = False
     """May ``sync`` and ``write_manifest`` run in a thread while ``write`` goes on?"""
+    grows_rows: ClassVar[bool] = False
+    """Can a padded array's rows grow along trailing axes in place (:meth:`grow_rows`)? Else
+    a ragged field is staged packed and laid out padded at close (one extra pass)."""
 
     def __init__(self, root: Path, options: BackendOptions | None = None) -> None:
         self.root = root
@@ -160,6 +163,26 @@ class Backend(ABC):
         self, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], capacity: int
     ) -> None:
         """Create array ``name`` with rows of ``shape`` and room for ``capacity`` rows."""
+
+    def create_padded(
+        self,
+        name: str,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        capacity: int,
+        fill: Any,
+        tile: tuple[int, ...],
+    ) -> None:
+        """Create the padded array of a ragged field: rows of ``shape`` padded with ``fill``,
+        which :meth:`grow_rows` may widen later where the backend ``grows_rows`` (chunked
+        in tiles of ``tile`` elements, :func:`oocstore.sizing.tile_shape`)."""
+        self.create_array(name, dtype, shape, capacity)
+
+    def grow_rows(self, name: str, shape: tuple[int, ...]) -> None:
+        """Widen the rows of padded array ``name`` to ``shape`` (no axis shrinks), in place:
+        rows already written read as before, padded with the fill value."""
+        msg = f"the {self.name} backend cannot grow rows in place"
+        raise NotImplementedError(msg)
 
     @abstractmethod
     def reserve(self, name: str, capacity: int) -> None:
