@@ -1,18 +1,21 @@
 """Ragged padding benchmark: per-sample cost must not grow with N, and padding costs < 2x.
 
 Writes N images of random sizes between 32 and 256 pixels a side (uint8, 3 channels), with the
-largest shape arriving late in the stream, through ``oocstore.write`` (ragged="pad": staged
-packed, laid out padded at close). Reports
+largest shape arriving late in the stream, through ``oocstore.write`` (ragged="pad": on npy
+and HDF5 staged packed and laid out padded at close; on Zarr padded from the first batch, its
+trailing axes grown in place). Reports
 
 * the per-sample time at 4N divided by the per-sample time at N (target <= 1.3), and
 * the ragged conversion's time divided by the time of writing a non-ragged dataset of the same
-  padded size, N images of 256x256x3 (target <= 2.0).
+  padded size, N images of 256x256x3 (target <= 2.0), and
+* the disk space each store takes (Zarr's edge tiles are stored whole).
 
 Contenders alternate, memory is warmed before each timed part, the page cache is dropped
 between runs where we may (root), and the median of the rounds is reported.
 
     python benchmarks/ragged.py            # N = 2000 (and 8000), 3 rounds
     python benchmarks/ragged.py --quick    # N = 300, 1 round
+    python benchmarks/ragged.py --backend zarr
 """
 
 from __future__ import annotations
@@ -59,6 +62,12 @@ def dense_batches(n: int, base: np.ndarray) -> Iterator[tuple]:
         yield block[:k], np.arange(i, i + k)
 
 
+def disk_bytes(path: Path) -> int:
+    """Bytes of disk a store takes (allocated blocks: holes in sparse files do not count)."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_blocks * 512 for p in files)
+
+
 def timed(fn: Callable[[], object], root: Path, cache_bytes: int) -> float:
     """Time ``fn`` from a cold page cache, with memory and ``cache_bytes`` of page cache warm."""
     drop_caches()
@@ -75,13 +84,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a smoke run: N=300, one round")
     parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    parser.add_argument("--backend", choices=("npy", "zarr", "hdf5"), default="npy")
     args = parser.parse_args()
+    suffix = {"npy": ".ooc", "zarr": ".zarr", "hdf5": ".h5"}[args.backend]
     n = 300 if args.quick else args.n
     rounds = 1 if args.quick else args.rounds
     base = np.random.default_rng(1).integers(0, 256, (SIDE_MAX, SIDE_MAX, 3), dtype=np.uint8)
     root = Path(tempfile.mkdtemp(dir=args.dir, prefix="oocstore-ragged-"))
     padded_bytes = SIDE_MAX * SIDE_MAX * 3
     results: dict[str, list[float]] = {}
+    disk: dict[str, int] = {}
     try:
         for r in range(rounds):
             for label, count, ragged in (
@@ -90,7 +102,7 @@ def main() -> None:
                 ("ragged 4N", 4 * n, True),
                 ("dense 4N", 4 * n, False),
             ):
-                path = root / f"{label.replace(' ', '_')}_{r}.ooc"
+                path = root / f"{label.replace(' ', '_')}_{r}{suffix}"
                 shapes = ragged_shapes(count)
                 source = ragged_batches(shapes, base) if ragged else dense_batches(count, base)
 
@@ -104,6 +116,7 @@ def main() -> None:
                 assert len(store) == count
                 assert store["img"].shape[1:] == (SIDE_MAX, SIDE_MAX, 3)
                 store.close()
+                disk[label] = disk_bytes(path)
                 shutil.rmtree(path)
                 results.setdefault(label, []).append(seconds)
                 print(f"round {r} {label:<10} {count:>6} images {seconds:7.2f} s", flush=True)
@@ -119,12 +132,14 @@ def main() -> None:
         ("dense 4N (same padded size)", 4 * n, med["dense 4N"]),
     ]
     print()
-    print("| run | images | padded GB | seconds (median) | ms / image |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"backend: {args.backend}")
+    print("| run | images | padded GB | disk GB | seconds (median) | ms / image |")
+    print("|---|---:|---:|---:|---:|---:|")
     for label, count, sec in rows:
+        key = label.split(" (")[0]
         print(
-            f"| {label} | {count} | {count * padded_bytes / 1e9:.2f} | {sec:.2f} | "
-            f"{1000 * sec / count:.2f} |"
+            f"| {label} | {count} | {count * padded_bytes / 1e9:.2f} | "
+            f"{disk[key] / 1e9:.2f} | {sec:.2f} | {1000 * sec / count:.2f} |"
         )
     print()
     growth = per_4n / per_n

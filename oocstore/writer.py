@@ -590,7 +590,8 @@ class Writer:
         Show a progress bar (default: when stderr is a terminal).
     ragged
         ``"pad"`` (default): samples of varying trailing shape are padded to the max shape and
-        their true shapes kept; ``"pack"``: stored end to end with offsets; ``"error"``: refuse.
+        their true shapes kept (on Zarr the padded array grows in place; elsewhere it is laid
+        out at close); ``"pack"``: stored end to end with offsets; ``"error"``: refuse.
     fill
         Pad value, or a dict of them per field.
     max_shape
