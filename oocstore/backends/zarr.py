@@ -311,6 +311,11 @@ class _Layout:
         return math.prod(self.row_shape) * self.store_dtype.itemsize
 
     @property
+    def fill_bytes_nonzero(self) -> bool:
+        """Is the fill value anything but zero bytes (which a hole in a file reads as)?"""
+        return bool(np.full(1, self.fill, dtype=self.store_dtype).view(np.uint8).any())
+
+    @property
     def tiled(self) -> bool:
         """Is a row spread over several chunk files (or cut from a larger chunk)?"""
         return math.prod(self.row_shape) > 0 and self.tile_shape != self.row_shape
@@ -1343,8 +1348,9 @@ class ZarrBackend(Backend):
             full = lay.chunk_rows * lay.cell_nbytes  # zarr stores edge chunks whole
             data = part.reshape(-1).view(np.uint8)
             offset = row * lay.cell_nbytes
-            if row and lay.tiled and os.fstat(fd).st_size == 0:
-                # A tile new to this chunk (the rows grew): its earlier rows are padding.
+            if row and lay.tiled and lay.fill_bytes_nonzero and os.fstat(fd).st_size == 0:
+                # A tile new to this chunk (the rows grew): its earlier rows are padding
+                # (a zero fill needs no bytes: they stay a hole, which reads as zeros).
                 data = np.concatenate(
                     [
                         np.full((row, *lay.tile_shape), lay.fill, lay.store_dtype)
