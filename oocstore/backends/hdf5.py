@@ -62,7 +62,7 @@ import stat
 import struct
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -70,6 +70,7 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 
+from .._direct import DirectWriter
 from .._durable import fsync_dir, fsync_fd, open_nofollow, preallocate, pwrite_all
 from ..errors import CorruptStoreError, DiskFullError, SchemaError, UnsupportedDtypeError
 from ..manifest import ArraySpec, Manifest
@@ -491,6 +492,20 @@ class _File:
     userblock: int
     arrays: dict[str, _Array] = field(default_factory=dict)
     dsync: int | None = None  # the same file opened O_DSYNC, for commit slots
+    direct: dict[str, DirectWriter] = field(default_factory=dict)
+    """Per array, its rows' writer (long sequential runs go O_DIRECT; see oocstore._direct)."""
+
+    def writer(self, name: str) -> DirectWriter:
+        """The writer of array ``name``'s rows (one per array: each writes its own runs)."""
+        w = self.direct.get(name)
+        if w is None:
+            w = self.direct[name] = DirectWriter(self.fd, self.path)
+        return w
+
+    def drain(self) -> None:
+        """Every row written so far is in the file (before reading, copying or syncing it)."""
+        for w in list(self.direct.values()):
+            w.drain()
 
     @property
     def slot(self) -> int:
@@ -513,6 +528,10 @@ class _File:
         pwrite_all(self.dsync, data, offset, self.path)
 
     def close(self) -> None:
+        for w in list(self.direct.values()):
+            with contextlib.suppress(OSError):
+                w.close()
+        self.direct.clear()
         with contextlib.suppress(Exception):
             self.h5.close()
         for fd in (self.fd, self.dsync):
@@ -1076,6 +1095,8 @@ class Hdf5Backend(Backend):
         f.arrays[arr.name] = new
         new.requested = max(capacity, need)
         self._grow(f, new, max(need, arr.allocated, 1), new.requested)
+        f.drain()
+        f.direct.pop(arr.name, None)  # the rows move: their runs start anew
         _copy_rows(f.fd, arr, f.fd, new, arr.allocated, f.path)
         self._unsynced = True
 
@@ -1113,6 +1134,7 @@ class Hdf5Backend(Backend):
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         f = self._current()
+        f.drain()
         arr = f.arrays[name]
         out = np.empty((max(stop - start, 0), *arr.shape), dtype=arr.dtype)
         if out.nbytes == 0:
@@ -1159,6 +1181,7 @@ class Hdf5Backend(Backend):
                     msg = f"{name!r} has storage for {arr.covered if arr else 0} rows, not {length}"
                     raise CorruptStoreError(os.fspath(f.path), msg)
             self._unsynced = False
+        f.drain()
         fsync_fd(f.fd, f.path)
 
     def _record(self, f: _File, manifest: Manifest) -> bytes:
@@ -1247,6 +1270,7 @@ class Hdf5Backend(Backend):
     def finalize(self, lengths: dict[str, int]) -> None:
         with self._mutex:
             f = self._current()
+            f.drain()
             try:
                 names = set(f.h5.keys())
             except Exception as err:
@@ -1299,6 +1323,7 @@ class Hdf5Backend(Backend):
         arrays keep their layouts, with room for at least their committed rows.
         """
         dst = self._new_file(self._sibling(".rebuild"))
+        src.drain()
         try:
             for name, n in lengths.items():
                 old = src.arrays[name]
@@ -1487,7 +1512,10 @@ class Hdf5RegionWriter(FileRegionWriter):
         self._fd = None
 
     def write(self, start: int, values: np.ndarray) -> None:
-        _pwrite_rows(self._open(), self.path, self.array, start, values)
+        fd = self._open()
+        _pwrite_rows(
+            self.array, start, values, lambda data, off: pwrite_all(fd, data, off, self.path)
+        )
 
 
 PROBE_SECONDS = 20.0
@@ -1536,11 +1564,17 @@ class _NoH5:
 
 def _write_into(f: _File, arr: _Array, start: int, values: np.ndarray) -> None:
     """Write rows into ``arr`` of file ``f`` at their offsets (its storage is there)."""
-    _pwrite_rows(f.fd, f.path, arr, start, values)
+    w = f.writer(arr.name)
+    _pwrite_rows(arr, start, values, lambda data, off: w.pwrite(data, off))
 
 
-def _pwrite_rows(fd: int, path: Path, arr: _Array, start: int, values: np.ndarray) -> None:
-    """``pwrite`` rows of ``arr`` from row ``start`` at the file offsets of its extents."""
+def _pwrite_rows(
+    arr: _Array,
+    start: int,
+    values: np.ndarray,
+    pwrite: Callable[[np.ndarray, int], None],
+) -> None:
+    """Write rows of ``arr`` from row ``start`` at the file offsets of its extents."""
     if not arr.row_nbytes or not len(values):
         return
     data = np.ascontiguousarray(values)
@@ -1549,7 +1583,7 @@ def _pwrite_rows(fd: int, path: Path, arr: _Array, start: int, values: np.ndarra
     buf = data.reshape(-1).view(np.uint8)
     row = arr.row_nbytes
     for lo, hi, off in arr.pieces(start, start + len(data)):
-        pwrite_all(fd, buf[(lo - start) * row : (hi - start) * row], off, path)
+        pwrite(buf[(lo - start) * row : (hi - start) * row], off)
 
 
 def _chunk_offsets(dset: h5py.Dataset, first_row: int) -> dict[int, tuple[int, int]]:

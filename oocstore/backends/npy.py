@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .._direct import DirectWriter
 from .._durable import (
     atomic_write_bytes,
     fsync_dir,
@@ -42,6 +43,7 @@ class _OpenArray:
     def __init__(self, fd: int, path: Path, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
         self.fd = fd
         self.path = path
+        self.direct = DirectWriter(fd, path)
         self.dtype = dtype
         self.shape = shape
         self.row_nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -192,10 +194,11 @@ class NpyBackend(Backend):
         if start + len(values) > arr.capacity:
             self.reserve(name, start + len(values))
         data = np.ascontiguousarray(values)
-        pwrite_all(arr.fd, data, DATA_OFFSET + start * arr.row_nbytes, arr.path)
+        arr.direct.pwrite(data, DATA_OFFSET + start * arr.row_nbytes)
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         arr = self._arrays[name]
+        arr.direct.drain()
         out = np.empty((stop - start, *arr.shape), dtype=arr.dtype)
         view = memoryview(out.reshape(-1).view(np.uint8)) if out.size else memoryview(b"")  # type: ignore[arg-type]
         done = 0
@@ -213,6 +216,7 @@ class NpyBackend(Backend):
         # A hard link shares the bytes: the dense rows become the packed values at no cost,
         # and the committed manifest's file stays valid until a new manifest drops it.
         old = self._arrays[src]
+        old.direct.drain()
         dst_path = self._file(dst)
         with contextlib.suppress(FileNotFoundError):
             dst_path.unlink()
@@ -228,12 +232,13 @@ class NpyBackend(Backend):
     def region_writer(self, name: str, stop: int) -> RegionWriter:
         self.reserve(name, stop)
         arr = self._arrays[name]
+        arr.direct.drain()
         return NpyRegionWriter(name, arr.path, arr.row_nbytes, arr.capacity)
 
     def delete_array(self, name: str) -> None:
         arr = self._arrays.pop(name, None)
         if arr is not None:
-            os.close(arr.fd)
+            _close(arr)
         with contextlib.suppress(FileNotFoundError):
             self._file(name).unlink()
 
@@ -242,6 +247,7 @@ class NpyBackend(Backend):
             arr = self._arrays[name]
             if length == arr.synced_length:
                 continue
+            arr.direct.drain()  # rows still in its buffers or being written go to the file
             # The header names the committed rows, so np.load of a crashed store shows them.
             pwrite_all(arr.fd, build_header(arr.dtype, (length, *arr.shape)), 0, arr.path)
             fsync_fd(arr.fd, arr.path)
@@ -262,8 +268,16 @@ class NpyBackend(Backend):
     def close(self) -> None:
         for arr in self._arrays.values():
             with contextlib.suppress(OSError):
-                os.close(arr.fd)
+                _close(arr)
         self._arrays.clear()
+
+
+def _close(arr: _OpenArray) -> None:
+    """Close an array's descriptors (what it wrote is in the file first)."""
+    try:
+        arr.direct.close()
+    finally:
+        os.close(arr.fd)
 
 
 class NpyRegionWriter(FileRegionWriter):
