@@ -231,15 +231,16 @@ def tile_shape(shape: Sequence[int], itemsize: int, growing: Sequence[int] = ())
     Zarr's chunk grid is fixed when the array is created, and an edge chunk is stored whole.
     Chunks that each cover a *tile* of the row let the row grow by whole new chunk files;
     the cost is the part of the edge tiles past the row's end, less than a tile per axis.
-    So the axes seen to vary (``growing``) get tiles of a quarter of their size (at least
-    16): when the rows outgrow the first batch by a little, that part is ~1/4 of it, not a
-    whole row's worth. Then the largest axis is halved (rounding up, so tiles still cover
-    ``shape`` exactly) until a tile is at most :data:`TILE_BYTES`. 256x256x3 uint8 images
-    of varying height and width get 64x64x3 tiles.
+    So the axes seen to vary (``growing``) get tiles of a quarter of their size, and never
+    below 16 (tiny first samples must not make thousands of tiles per row later): when the
+    rows outgrow the first batch by a little, that part is ~1/4 of it, not a whole row's.
+    Then the largest axis is halved (rounding up, so tiles still cover ``shape`` exactly)
+    until a tile is at most :data:`TILE_BYTES`. 256x256x3 uint8 images of varying height
+    and width get 64x64x3 tiles.
     """
     tile = [max(int(d), 1) for d in shape]
     for i in growing:
-        tile[i] = max(-(-tile[i] // 4), min(tile[i], 16))
+        tile[i] = max(-(-tile[i] // 4), 16)
     while tile and math.prod(tile) * itemsize > TILE_BYTES:
         i = max(range(len(tile)), key=tile.__getitem__)
         if tile[i] <= 16:

@@ -189,6 +189,11 @@ class _StagedArray:
         self.shape = shape
         self.row_nbytes = int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
         self.stage_rows = sizing.stage_rows(self.row_nbytes, self.budget, self.chunk_rows)
+        if self.chunk_rows > 1 and self.stage_rows * self.row_nbytes > self.budget // 4:
+            # A whole chunk of the wider rows no longer fits the budget: stage less, and let
+            # the backend finish each chunk by reading its earlier rows back (slower, bounded).
+            self.chunk_rows = 1
+            self.stage_rows = sizing.stage_rows(self.row_nbytes, self.budget)
         self.direct_rows = min(
             self.stage_rows, max(self.chunk_rows, sizing.direct_write_rows(self.row_nbytes))
         )

@@ -161,6 +161,8 @@ def shard_rows_for(chunk_rows: int, row_nbytes: int, *, memory: int | None = Non
     A shard is the unit the writer stages and writes, so it is also capped at 1/16 of
     ``memory`` (default: available memory).
     """
+    if row_nbytes == 0:
+        return chunk_rows  # rows of no bytes: one chunk per shard (not 2**27 empty ones)
     mem = available_memory() if memory is None else memory
     target = max(min(SHARD_BYTES, mem // 16), 1)
     per_chunk = max(chunk_rows * row_nbytes, 1)
@@ -607,9 +609,11 @@ class _UnitReader:
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` in the layout's store dtype."""
         lay = self.layout
+        out = np.empty((stop - start, *lay.row_shape), dtype=lay.store_dtype)
+        if out.size == 0:
+            return out  # rows of no bytes: nothing to read (a zstd frame of 0 bytes would fail)
         if not lay.native:
             return self._read_zarr(start, stop)
-        out = np.empty((stop - start, *lay.row_shape), dtype=lay.store_dtype)
         if lay.tiled:
             self._read_tiled(start, stop, out)
             return out
@@ -1083,7 +1087,7 @@ class ZarrBackend(Backend):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
             st = _WriteState(layout, _UnitReader(layout), written=spec.length)
-            if list(layout.doc["shape"][1:]) != list(spec.shape):
+            if name in fills or list(layout.doc["shape"][1:]) != list(spec.shape):
                 self._shrink_rows(st)
             self._arrays[name] = st
             capacities[name] = layout.capacity
@@ -1093,7 +1097,8 @@ class ZarrBackend(Backend):
         """Back to the committed row shape, after a writer grew a padded field and was killed.
 
         Its chunk files past the committed grid hold only rows never committed; they go, so
-        growing again starts from padding, never from a dead writer's samples.
+        growing again starts from padding, never from a dead writer's samples. (zarr.json
+        may not show the growth: it is written at the next sync, and the kill can come first.)
         """
         lay = st.layout
         grid = lay.grid()
@@ -1101,13 +1106,18 @@ class ZarrBackend(Backend):
             if any(i >= g for i, g in zip(index[1:], grid, strict=False)):
                 os.unlink(path)
                 self._touched(dirs=(Path(path).parent,))
-        with self._mutex:
-            lay.doc["shape"][1:] = list(lay.row_shape)
-            st.meta_dirty = True
+        if list(lay.doc["shape"][1:]) != list(lay.row_shape):
+            with self._mutex:
+                lay.doc["shape"][1:] = list(lay.row_shape)
+                st.meta_dirty = True
 
     def _compressors(self) -> Any:
         given = self.options.compressors
         return DEFAULT_COMPRESSORS if given is None else (given or None)
+
+    def _sharded(self, name: str) -> bool:
+        shards = _option_for(self.options.extra.get("shards"), name, "shards", allow_true=True)
+        return shards is not None and shards is not False
 
     def _chunking(self, name: str, row_nbytes: int, capacity: int) -> tuple[int, int | None]:
         compressed = self._compressors() is not None
@@ -1115,9 +1125,9 @@ class ZarrBackend(Backend):
         chunk = rows if rows is not None else chunk_rows_for(row_nbytes, compressed=compressed)
         if rows is None and capacity > 0:
             chunk = min(chunk, capacity)  # a short array of known length: no oversized chunk
-        shards = _option_for(self.options.extra.get("shards"), name, "shards", allow_true=True)
-        if shards is None or shards is False:
+        if not self._sharded(name):
             return chunk, None
+        shards = _option_for(self.options.extra.get("shards"), name, "shards", allow_true=True)
         if shards is True:
             return chunk, shard_rows_for(chunk, row_nbytes)
         return chunk, -(-shards // chunk) * chunk  # a whole number of chunks
@@ -1154,8 +1164,13 @@ class ZarrBackend(Backend):
         path = self.root / name
         self._drop(name)
         cell = tuple(shape) if tile is None else tile
-        cell_nbytes = int(np.prod(cell, dtype=np.int64)) * dtype.itemsize
-        chunk, shard = self._chunking(name, cell_nbytes, capacity)
+        nbytes = int(np.prod(cell, dtype=np.int64)) * dtype.itemsize
+        if tile is not None and (self._compressors() is not None or self._sharded(name)):
+            # Chunks (or shards) written whole are staged whole, a row's every tile at once:
+            # sized on the row, so staging one stays near the target (and never on a tile
+            # larger than the row, so a few tiny first rows do not make a huge first chunk).
+            nbytes = max(nbytes, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        chunk, shard = self._chunking(name, nbytes, capacity)
         doc = _array_doc(
             dtype, (capacity, *shape), chunk, shard, self._compressors(), tile=tile, fill=fill
         )
@@ -1274,6 +1289,11 @@ class ZarrBackend(Backend):
         stop = start + n
         if stop > lay.capacity:
             self.reserve(name, stop)
+        if lay.row_nbytes == 0:
+            # Rows of no bytes need no chunk files (zarr reads none): and a padded field that
+            # starts empty must not leave chunks sized for empty rows when it grows.
+            st.written = max(st.written, stop)
+            return
         data = np.ascontiguousarray(values, dtype=lay.store_dtype)
         st.reader.forget()  # its decoded chunk may be one this write changes
         if not lay.native:
