@@ -1170,6 +1170,10 @@ class ZarrBackend(Backend):
             # sized on the row, so staging one stays near the target (and never on a tile
             # larger than the row, so a few tiny first rows do not make a huge first chunk).
             nbytes = max(nbytes, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        elif tile is not None:
+            # Written in place: the rows not written yet take no disk, so a chunk need not be
+            # cut to a capacity that, for a ragged stream, is only a guess from the first rows.
+            capacity = 0
         chunk, shard = self._chunking(name, nbytes, capacity)
         doc = _array_doc(
             dtype, (capacity, *shape), chunk, shard, self._compressors(), tile=tile, fill=fill
