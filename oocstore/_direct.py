@@ -52,9 +52,12 @@ class DirectWriter:
     (or written) before it returns, so the caller may reuse it.
     """
 
-    def __init__(self, fd: int, path: Path) -> None:
+    def __init__(self, fd: int, path: Path, *, after: int | None = None) -> None:
         self.fd = fd
         self.path = path
+        self.after = DIRECT_AFTER if after is None else after
+        """Sequential bytes before writes go direct (a caller continuing a run elsewhere,
+        such as the next chunk file of an array, passes what is left of it)."""
         self._lock = threading.Lock()
         self._dfd: int | None = None
         self._refused = False
@@ -82,7 +85,7 @@ class DirectWriter:
                 self._end_buffer()
                 self._run = self._run + n if offset == self._next else n
                 self._next = offset + n
-                if self._run < DIRECT_AFTER or not self._open_direct():
+                if self._run < self.after or not self._open_direct():
                     pwrite_all(self.fd, view, offset, self.path)
                     return
                 head = -offset % ALIGN
@@ -174,6 +177,27 @@ class DirectWriter:
     def drain(self) -> None:
         """Every byte written so far is in the file (readable through any descriptor)."""
         self.wait(self.mark())
+
+    def retarget(self, fd: int, path: Path) -> None:
+        """Drain, then go on writing another file (the next chunk file of an array) with the
+        same buffers and thread: fresh buffers per file cost page faults, and on this VM
+        fresh memory is slow. The run goes on: it is the same stream of rows."""
+        self.drain()
+        with self._lock:
+            if self._dfd is not None:
+                os.close(self._dfd)
+                self._dfd = None
+            self.fd, self.path = fd, path
+            self._fill = 0
+            self._next = 0  # a new file: its first write continues the run from offset 0
+            if self._pool is not None:  # it was direct: the new file is too
+                try:
+                    self._dfd = os.open(
+                        path, os.O_WRONLY | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0)
+                    )
+                except OSError:
+                    self._refused = True
+                    self.close()
 
     def close(self) -> None:
         """Drain and release the direct descriptor, buffers and thread (the caller keeps

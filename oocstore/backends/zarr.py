@@ -56,6 +56,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from .._direct import DIRECT_AFTER, DirectWriter
 from .._durable import (
     atomic_write_bytes,
     fsync_dir,
@@ -919,6 +920,48 @@ class _WriteState:
     dirs: set[Path] = field(default_factory=set)
     """Directories known to exist."""
     zarr_array: Any = None
+    chunk: _OpenChunk | None = None
+    """The uncompressed chunk file being filled in place, kept open while rows go into it."""
+    run: int = 0
+    """Bytes written in place so far: a run that goes on from one chunk file to the next."""
+
+    def close_chunk(self) -> None:
+        """Put the open chunk file's rows in the file and close it."""
+        chunk, self.chunk = self.chunk, None
+        if chunk is not None:
+            try:
+                chunk.writer.close()
+            finally:
+                os.close(chunk.fd)
+
+    def next_chunk(self, path: Path, fd: int) -> None:
+        """Go on with chunk file ``path`` (open as ``fd``): the same writer, retargeted."""
+        old = self.chunk
+        if old is None:
+            after = max(DIRECT_AFTER - self.run, 0)
+            self.chunk = _OpenChunk(path, fd, DirectWriter(fd, path, after=after))
+            return
+        # self.chunk keeps the same writer meanwhile: a sync in the commit thread drains it,
+        # and retarget() has put the old file's rows in it before it moves on.
+        try:
+            old.writer.retarget(fd, path)
+        finally:
+            os.close(old.fd)
+        self.chunk = _OpenChunk(path, fd, old.writer)
+
+    def drain_chunk(self) -> None:
+        """Every row written into the open chunk file is in the file (before reading or
+        syncing it; may run in the commit thread)."""
+        chunk = self.chunk
+        if chunk is not None:
+            chunk.writer.drain()
+
+
+@dataclass
+class _OpenChunk:
+    path: Path
+    fd: int
+    writer: DirectWriter
 
 
 class ZarrBackend(Backend):
@@ -1206,7 +1249,9 @@ class ZarrBackend(Backend):
         st.reader.forget()
 
     def _drop(self, name: str) -> None:
-        self._arrays.pop(name, None)
+        st = self._arrays.pop(name, None)
+        if st is not None:
+            st.close_chunk()
         path = self.root / name
         if path.is_dir() and not path.is_symlink():
             if _in_use(path):
@@ -1265,6 +1310,7 @@ class ZarrBackend(Backend):
 
     def region_writer(self, name: str, stop: int) -> RegionWriter:
         st = self._arrays[name]
+        st.close_chunk()
         self.reserve(name, stop)
         self._flush_meta(st)  # region writers read the array's zarr.json for its layout
         lay = st.layout
@@ -1277,6 +1323,7 @@ class ZarrBackend(Backend):
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         st = self._arrays[name]
+        st.drain_chunk()
         if not st.layout.native:
             self._flush_meta(st)
         out = st.reader.read(start, stop)
@@ -1366,6 +1413,9 @@ class ZarrBackend(Backend):
         """
         lay = st.layout
         path = self._unit_file(st, u, tile)
+        if tile is None:
+            self._write_chunk_run(st, path, row, part)
+            return
         with _disk_errors(path):
             fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
@@ -1396,6 +1446,41 @@ class ZarrBackend(Backend):
             pwrite_all(fd, data, offset, path)
         finally:
             os.close(fd)
+        self._touched(files=(path,), dirs=(path.parent,))
+
+    def _write_chunk_run(self, st: _WriteState, path: Path, row: int, part: np.ndarray) -> None:
+        """Rows into an uncompressed chunk file of whole rows, kept open while it fills.
+
+        Its writes go on from one chunk to the next as one run, so a long one goes to the
+        disk with ``O_DIRECT`` (oocstore._direct) instead of through the page cache.
+        """
+        lay = st.layout
+        full = lay.chunk_rows * lay.cell_nbytes  # zarr stores edge chunks whole
+        data = part.reshape(-1).view(np.uint8)
+        offset = row * lay.cell_nbytes
+        if st.chunk is None or st.chunk.path != path:
+            with _disk_errors(path):
+                fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                if st.run >= DIRECT_AFTER:
+                    # A long run: the whole chunk's blocks now, not per write (fallocate
+                    # waits for the direct write in flight, which stalled every batch).
+                    preallocate(fd, offset, full - offset, path)
+                if os.fstat(fd).st_size < full:
+                    # The chunk's full size, as zarr reads it; rows not written are a hole.
+                    with _disk_errors(path):
+                        os.ftruncate(fd, full)
+            except BaseException:
+                os.close(fd)
+                raise
+            st.next_chunk(path, fd)
+        assert st.chunk is not None
+        if st.run < DIRECT_AFTER:
+            # Real blocks for these rows first (see _write_in_place): a short store takes
+            # only what it wrote.
+            preallocate(st.chunk.fd, offset, data.nbytes, path)
+        st.chunk.writer.pwrite(data, offset)
+        st.run += data.nbytes
         self._touched(files=(path,), dirs=(path.parent,))
 
     def _write_unit(
@@ -1485,7 +1570,9 @@ class ZarrBackend(Backend):
         # files and directories noted so far are taken at once; later ones wait for the next
         # sync. Every row in ``lengths`` was written, and noted, before this call.
         for name in lengths:
-            self._flush_meta(self._arrays[name])
+            st = self._arrays[name]
+            st.drain_chunk()
+            self._flush_meta(st)
         with self._mutex:
             files, self._pending = self._pending, set()
             dirs, self._dirty_dirs = self._dirty_dirs, set()
@@ -1520,6 +1607,7 @@ class ZarrBackend(Backend):
     def finalize(self, lengths: dict[str, int]) -> None:
         for name, length in lengths.items():
             st = self._arrays[name]
+            st.close_chunk()
             lay = st.layout
             with self._mutex:
                 lay.doc["shape"][0] = int(length)
@@ -1541,6 +1629,9 @@ class ZarrBackend(Backend):
         self.sync(lengths)
 
     def close(self) -> None:
+        for st in self._arrays.values():
+            with contextlib.suppress(OSError):
+                st.close_chunk()
         with contextlib.suppress(OSError):
             self._sweep_attic()
         self._arrays.clear()
