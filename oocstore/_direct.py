@@ -12,12 +12,13 @@ How: :class:`DirectWriter` copies sequential writes into an aligned buffer; a fu
 written by a helper thread with ``O_DIRECT`` while the caller fills the other one. Anything
 that is not a long sequential run (small arrays, rewrites, the last partial page at a commit)
 goes through the ordinary descriptor: the kernel keeps the two coherent (a direct write first
-writes back and drops cached pages of its range). Where ``O_DIRECT`` is refused (tmpfs, some
-network filesystems), everything is written buffered.
+writes back and drops cached pages of its range). Where ``O_DIRECT`` is refused (ramfs, tmpfs
+before Linux 6.6, some network filesystems), everything is written buffered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import threading
@@ -83,12 +84,18 @@ class DirectWriter:
             buffered = self._fill and offset == self._start + self._fill
             if not buffered:
                 self._end_buffer()
+                for f in self._busy:  # no buffered write may overtake a queued direct one
+                    if f is not None:
+                        f.result()
                 self._run = self._run + n if offset == self._next else n
                 self._next = offset + n
                 if self._run < self.after or not self._open_direct():
                     pwrite_all(self.fd, view, offset, self.path)
                     return
                 head = -offset % ALIGN
+                if head >= n:  # all of it before the next page: the run ends where it ends
+                    pwrite_all(self.fd, view, offset, self.path)
+                    return
                 if head:  # up to the next aligned offset, buffered; the rest direct
                     pwrite_all(self.fd, view[:head], offset, self.path)
                     view, offset = view[head:], offset + head
@@ -183,6 +190,7 @@ class DirectWriter:
         same buffers and thread: fresh buffers per file cost page faults, and on this VM
         fresh memory is slow. The run goes on: it is the same stream of rows."""
         self.drain()
+        refused = False
         with self._lock:
             if self._dfd is not None:
                 os.close(self._dfd)
@@ -197,7 +205,9 @@ class DirectWriter:
                     )
                 except OSError:
                     self._refused = True
-                    self.close()
+                    refused = True
+        if refused:  # close() takes the lock
+            self.close()
 
     def close(self) -> None:
         """Drain and release the direct descriptor, buffers and thread (the caller keeps
@@ -213,7 +223,11 @@ class DirectWriter:
                     os.close(self._dfd)
                     self._dfd = None
                 self._views = []
+                self._busy = [None, None]
                 for b in self._bufs:
-                    b.close()
+                    # A failed write's traceback may still hold a view of it: let the
+                    # collector free it rather than hide that write's error.
+                    with contextlib.suppress(BufferError):
+                        b.close()
                 self._bufs = []
                 self._fill = 0
