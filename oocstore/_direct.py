@@ -3,10 +3,10 @@
 Why: a conversion's bytes are written once and read later, so routing them through the page
 cache buys little and costs twice. Every written page must first be allocated in the cache --
 on this VM, whose host takes back free memory, that made buffered ``pwrite`` + ``fdatasync``
-of 640 MB take 0.51-0.88 s from one run to the next, while ``O_DIRECT`` from two reused 8 MiB
-buffers took 0.43-0.47 s (5 alternating pairs after dropping the page cache;
-``benchmarks/write_throughput.py`` and ``compare.py`` measure it in the store). And a store
-bigger than RAM no longer evicts everything else from the page cache.
+of 640 MB take 0.50-0.86 s from one run to the next, while ``O_DIRECT`` from two reused 8 MiB
+buffers took 0.35-0.41 s (``benchmarks/direct_io.py``: 6 alternating pairs after dropping the
+page cache; ``compare.py`` measures it in the store). And a store bigger than RAM no longer
+evicts everything else from the page cache.
 
 How: :class:`DirectWriter` copies sequential writes into an aligned buffer; a full buffer is
 written by a helper thread with ``O_DIRECT`` while the caller fills the other one. Anything
@@ -117,16 +117,22 @@ class DirectWriter:
             return True
         if self._refused or not hasattr(os, "O_DIRECT"):
             return False
-        try:
-            self._dfd = os.open(self.path, os.O_WRONLY | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0))
-        except OSError:  # EINVAL: this filesystem has no direct I/O
-            self._refused = True
+        if not self._open_dfd():
             return False
         self._bufs = [mmap.mmap(-1, BUFFER_BYTES) for _ in range(2)]
         self._views = [memoryview(b) for b in self._bufs]
         # One thread, so one write in flight: two (one per buffer) measured no faster here
         # (1.38-1.45 GB/s against 1.35-1.47 with one, compare.py's table workload, same hour).
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-direct")
+        return True
+
+    def _open_dfd(self) -> bool:
+        """Open ``path`` again with ``O_DIRECT``; False (and never again) where refused."""
+        try:
+            self._dfd = os.open(self.path, os.O_WRONLY | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0))
+        except OSError:  # EINVAL: this filesystem has no direct I/O
+            self._refused = True
+            return False
         return True
 
     def _submit(self, nbytes: int) -> None:
@@ -199,13 +205,7 @@ class DirectWriter:
             self._fill = 0
             self._next = 0  # a new file: its first write continues the run from offset 0
             if self._pool is not None:  # it was direct: the new file is too
-                try:
-                    self._dfd = os.open(
-                        path, os.O_WRONLY | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0)
-                    )
-                except OSError:
-                    self._refused = True
-                    refused = True
+                refused = not self._open_dfd()
         if refused:  # close() takes the lock
             self.close()
 

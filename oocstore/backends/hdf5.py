@@ -1096,7 +1096,9 @@ class Hdf5Backend(Backend):
         new.requested = max(capacity, need)
         self._grow(f, new, max(need, arr.allocated, 1), new.requested)
         f.drain()
-        f.direct.pop(arr.name, None)  # the rows move: their runs start anew
+        moved = f.direct.pop(arr.name, None)  # the rows move: their runs start anew
+        if moved is not None:
+            moved.close()  # its thread, buffers and direct descriptor
         _copy_rows(f.fd, arr, f.fd, new, arr.allocated, f.path)
         self._unsynced = True
 
@@ -1564,8 +1566,7 @@ class _NoH5:
 
 def _write_into(f: _File, arr: _Array, start: int, values: np.ndarray) -> None:
     """Write rows into ``arr`` of file ``f`` at their offsets (its storage is there)."""
-    w = f.writer(arr.name)
-    _pwrite_rows(arr, start, values, lambda data, off: w.pwrite(data, off))
+    _pwrite_rows(arr, start, values, f.writer(arr.name).pwrite)
 
 
 def _pwrite_rows(

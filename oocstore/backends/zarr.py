@@ -1158,9 +1158,9 @@ class ZarrBackend(Backend):
         given = self.options.compressors
         return DEFAULT_COMPRESSORS if given is None else (given or None)
 
-    def _sharded(self, name: str) -> bool:
-        shards = _option_for(self.options.extra.get("shards"), name, "shards", allow_true=True)
-        return shards is not None and shards is not False
+    def _shards(self, name: str) -> Any:
+        """The ``shards`` option for array ``name``: rows per shard, True, or None/False."""
+        return _option_for(self.options.extra.get("shards"), name, "shards", allow_true=True)
 
     def _chunking(self, name: str, row_nbytes: int, capacity: int) -> tuple[int, int | None]:
         compressed = self._compressors() is not None
@@ -1168,9 +1168,9 @@ class ZarrBackend(Backend):
         chunk = rows if rows is not None else chunk_rows_for(row_nbytes, compressed=compressed)
         if rows is None and capacity > 0:
             chunk = min(chunk, capacity)  # a short array of known length: no oversized chunk
-        if not self._sharded(name):
+        shards = self._shards(name)
+        if shards is None or shards is False:
             return chunk, None
-        shards = _option_for(self.options.extra.get("shards"), name, "shards", allow_true=True)
         if shards is True:
             return chunk, shard_rows_for(chunk, row_nbytes)
         return chunk, -(-shards // chunk) * chunk  # a whole number of chunks
@@ -1208,7 +1208,7 @@ class ZarrBackend(Backend):
         self._drop(name)
         cell = tuple(shape) if tile is None else tile
         nbytes = int(np.prod(cell, dtype=np.int64)) * dtype.itemsize
-        if tile is not None and (self._compressors() is not None or self._sharded(name)):
+        if tile is not None and (self._compressors() is not None or self._shards(name)):
             # Chunks (or shards) written whole are staged whole, a row's every tile at once:
             # sized on the row, so staging one stays near the target (and never on a tile
             # larger than the row, so a few tiny first rows do not make a huge first chunk).
