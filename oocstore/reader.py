@@ -6,9 +6,7 @@ A :class:`Store` pickles as its path, so it crosses into worker processes withou
 
 from __future__ import annotations
 
-import contextlib
 import math
-import mmap
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -172,9 +170,18 @@ class Store:
         self.backend = "zarr" if self.url is not None else detect_backend(self.path)
         self._cls = backend_class(self.backend)
         self._manifest: Manifest
-        self._arrays: dict[str, ArrayReader]
+        self._opened: dict[str, ArrayReader] | None
         self._packed: dict[str, PackedArray] = {}
-        self._manifest, self._arrays = self._open_arrays(self._read_manifest())
+        self._manifest, self._opened = self._open_arrays(self._read_manifest())
+
+    @property
+    def _arrays(self) -> dict[str, ArrayReader]:
+        """The open arrays; a closed store opens its manifest's arrays again on first use."""
+        opened = self._opened
+        if opened is None:
+            self._manifest, opened = self._open_arrays(self._manifest)
+            self._opened = opened
+        return opened
 
     @property
     def location(self) -> str:
@@ -498,28 +505,21 @@ class Store:
             return False
         if manifest.to_json() == self._manifest.to_json():
             return False
-        self._manifest, self._arrays = self._open_arrays(manifest)
+        self._manifest, self._opened = self._open_arrays(manifest)
         self._packed = {}
         return True
 
     def close(self) -> None:
-        """Release every mapping and file handle this store holds.
+        """Drop this store's references to its mappings and file handles.
 
-        Views the caller still holds keep their memory valid; the files can be deleted or
-        replaced either way (on Linux and macOS).
+        Nothing is unmapped under an array the caller still holds: a mapping (and the file
+        handle of a lazy array) lives as long as the last array that uses it, so views, slices,
+        datasets and batch iterators taken before ``close()`` stay valid. Using the store
+        itself afterwards opens its arrays again. On Linux and macOS the files can be deleted
+        or replaced at any time; on Windows, drop every array taken from the store first.
         """
-        arrays, self._arrays = self._arrays, {}
+        self._opened = None
         self._packed = {}
-        for a in arrays.values():
-            if isinstance(a, np.memmap):
-                mm = getattr(a, "_mmap", None)
-                if isinstance(mm, mmap.mmap):
-                    with contextlib.suppress(BufferError, ValueError):
-                        mm.close()
-            closer = getattr(a, "close", None)
-            if callable(closer) and not isinstance(a, np.ndarray):
-                with contextlib.suppress(Exception):
-                    closer()
 
     def __enter__(self) -> Store:
         return self

@@ -381,15 +381,6 @@ class ExtentArray(LazyArray):
             k += 1
         return out
 
-    def close(self) -> None:
-        """Unmap the runs (views already taken from them stay valid until dropped)."""
-        maps, self._maps, self._starts = self._maps, [], []
-        for mm in maps:
-            inner = getattr(mm, "_mmap", None)
-            if inner is not None:
-                with contextlib.suppress(BufferError, ValueError):
-                    inner.close()
-
 
 class _DatasetArray(LazyArray):
     """Rows of an h5py dataset, cut to the committed length (files without a commit record)."""
@@ -405,11 +396,6 @@ class _DatasetArray(LazyArray):
         except (OSError, RuntimeError, ValueError, KeyError) as err:
             raise CorruptStoreError(self._where, f"HDF5 cannot read rows: {err}") from None
         return np.ascontiguousarray(out.view(self._dtype) if out.dtype != self._dtype else out)
-
-    def close(self) -> None:
-        """Close the HDF5 file this array reads from."""
-        with contextlib.suppress(Exception):
-            self._dset.file.close()
 
 
 def _empty(spec: ArraySpec) -> np.ndarray:

@@ -861,13 +861,13 @@ class ZarrArray(LazyArray):
             ) from None
         # A shared lock tells the writer this directory is in use: it then moves the array
         # aside instead of deleting it, and this view keeps reading it (as an np.memmap keeps
-        # an unlinked .npy file). Released when the view is closed or collected.
+        # an unlinked .npy file). Released when the view is collected.
         with contextlib.suppress(OSError):
             fcntl.flock(dir_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         self._reader = _UnitReader(layout, dir_fd)
 
     def close(self) -> None:
-        """Release the directory handle (reads then fail); Store.close() calls it."""
+        """Release the directory handle (reads then fail); called when the view is collected."""
         fd, self._reader.dir_fd = self._reader.dir_fd, None
         if fd is not None:
             with contextlib.suppress(OSError):
