@@ -240,8 +240,6 @@ def conform_dtype(
                 actual=str(actual),
             )
         return values.astype(expected)
-    wider: Casting = "same_kind" if np.can_cast(actual, expected, "same_kind") else "unsafe"
-    hint = f"Cast the data yourself, or pass casting={wider!r} to allow {actual} -> {expected}"
     what = f"dtype changed and the cast is not {casting!r}"
     raise DtypeError(
         what,
@@ -249,8 +247,51 @@ def conform_dtype(
         batch_index=batch_index,
         expected=str(expected),
         actual=str(actual),
-        hint=hint,
+        hint=_lossless_hint(actual, expected, casting),
     )
+
+
+def _lossless_hint(actual: np.dtype[Any], expected: np.dtype[Any], casting: Casting) -> str:
+    """What to do about a refused cast, naming only ways that keep every value.
+
+    A weaker ``casting=`` is suggested only when NumPy calls the cast safe (the user chose
+    ``"no"`` or ``"equiv"``); narrowing strings, float to int or wide to narrow ints would
+    truncate or round values, so the fix offered is a wider dtype from the first batch.
+    """
+    if casting in ("no", "equiv") and np.can_cast(actual, expected, "safe"):
+        return f"{actual} -> {expected} keeps every value: pass casting='safe' to allow it"
+    if actual.kind in "US" and expected.kind == actual.kind:
+        width = actual.itemsize // (4 if actual.kind == "U" else 1)
+        return (
+            f"A later batch holds strings up to {width} characters, but the field's width "
+            f"({expected}) came from the first batch. Give the first batch the width of the "
+            f"longest value the data can hold (e.g. np.asarray(first, dtype='{actual.kind}"
+            f"{width}') or wider), so no string is cut"
+        )
+    common = np.promote_types(expected, actual) if _promotable(expected, actual) else None
+    exact = (
+        common is not None
+        and np.can_cast(expected, common, "safe")
+        and np.can_cast(actual, common, "safe")
+        and not (common.kind in "fc" and expected.kind in "iu" and actual.kind in "iu")
+    )
+    if exact:
+        return (
+            f"The field's dtype came from the first batch; give the first batch a dtype that "
+            f"holds both (np.asarray(first, dtype='{common}')), so no value is cut or rounded"
+        )
+    return (
+        f"The field's dtype came from the first batch; give it one that holds every value of "
+        f"both {expected} and {actual}, so no value is cut or rounded"
+    )
+
+
+def _promotable(a: np.dtype[Any], b: np.dtype[Any]) -> bool:
+    try:
+        np.promote_types(a, b)
+    except TypeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import oocstore
 from oocstore.errors import OocstoreError
@@ -65,6 +68,47 @@ def test_same_kind_cast_checks_range(store_path: Path, tmp_path: Path) -> None:
         [np.zeros(2, np.int8), np.array([1, -100])], tmp_path / "ok.ooc", casting="same_kind"
     )
     assert ok["0"].tolist() == [0, 0, 1, -100]
+
+
+def test_longer_strings_hint_names_a_wider_dtype_not_a_cast(tmp_path: Path) -> None:
+    with pytest.raises(oocstore.DtypeError, match=r"batch 1, field '0'.*<U2.*<U8") as e:
+        oocstore.write([np.array(["ab"]), np.array(["abcdefgh"])], tmp_path / "s.ooc")
+    assert "casting=" not in str(e.value)
+    assert "dtype='U8'" in str(e.value)
+
+
+_NUMERIC_AND_TEXT = [
+    *(np.dtype(c) for c in "?bBhHiIlLqQefdgFD"),
+    *(np.dtype(f"U{n}") for n in (1, 2, 8)),
+    *(np.dtype(f"S{n}") for n in (1, 2, 8)),
+]
+
+
+@settings(max_examples=80)
+@given(
+    expected=st.sampled_from(_NUMERIC_AND_TEXT),
+    actual=st.sampled_from(_NUMERIC_AND_TEXT),
+    casting=st.sampled_from(["no", "equiv", "safe", "same_kind"]),
+)
+def test_no_refusal_suggests_a_cast_that_loses_values(
+    expected: np.dtype, actual: np.dtype, casting: str
+) -> None:
+    from oocstore.schema import conform_dtype
+
+    values = np.zeros(2, dtype=actual)
+    try:
+        conform_dtype(values, expected, casting=casting, field="f", batch_index=3)  # type: ignore[arg-type]
+    except oocstore.DtypeError as err:
+        msg = str(err)
+        assert "batch 3, field 'f'" in msg
+        for weaker in ("same_kind", "unsafe"):
+            assert f"casting='{weaker}'" not in msg
+        if "casting='safe'" in msg:  # only offered where NumPy calls the cast safe
+            assert np.can_cast(actual, expected, "safe")
+        for suggested in re.findall(r"dtype='([^']+)'", msg):  # a dtype holding both
+            target = np.dtype(suggested)
+            assert np.can_cast(expected, target, "safe"), (expected, target)
+            assert np.can_cast(actual, target, "safe"), (actual, target)
 
 
 def test_byte_order_is_normalised(store_path: Path) -> None:
