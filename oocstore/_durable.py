@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DiskFullError
+from .errors import DiskFullError, FileTooLargeError
 
 __all__ = [
     "atomic_write_bytes",
@@ -32,6 +32,13 @@ def _raise_disk_full(err: OSError, path: Path, needed: int | None = None) -> Non
     if err.errno in _NOSPACE:
         free = free_bytes(path.parent) if needed is not None else None
         raise DiskFullError(os.fspath(path), needed=needed, free=free) from err
+    if err.errno == errno.EFBIG:
+        msg = (
+            f"{os.fspath(path)!r} would outgrow the largest file its file system holds; the "
+            "store keeps its last commit. Write it on a file system that holds larger files, "
+            "or split the data over several stores"
+        )
+        raise FileTooLargeError(errno.EFBIG, msg, os.fspath(path)) from err
     raise err
 
 

@@ -10,9 +10,30 @@ import stat
 from pathlib import Path
 
 from ._durable import open_nofollow
-from .errors import CorruptStoreError, StoreLockedError
+from .errors import CorruptStoreError, StoreLockedError, StorePermissionError
 
-__all__ = ["StoreLock"]
+__all__ = ["StoreLock", "refused_write"]
+
+
+def refused_write(err: OSError, path: Path) -> StorePermissionError:
+    """The error for a store or lock file at ``path`` this process may not create or write."""
+    try:
+        owner: int | None = os.stat(path, follow_symlinks=False).st_uid
+    except OSError:
+        owner = None
+    if err.errno == errno.EROFS:
+        reason = "the file system is read-only"
+        hint = "write the store on a writable file system (it can still be opened read-only)"
+    elif owner is not None and owner != os.geteuid():
+        reason = f"it belongs to another user (uid {owner}) and is not writable by this one"
+        hint = (
+            "write as that user, or have them remove it if it is a lock file (it holds no "
+            "data) once nothing writes the store"
+        )
+    else:
+        reason = f"the directory {os.fspath(path.parent)!r} is not writable"
+        hint = "choose a directory you can write to, or ask its owner for write permission"
+    return StorePermissionError(os.fspath(path), f"{reason} ({err.strerror})", hint=hint)
 
 
 class StoreLock:
@@ -30,6 +51,8 @@ class StoreLock:
             try:
                 fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as err:
+                if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise refused_write(err, self.path) from None
                 if err.errno != errno.ELOOP:
                     raise
                 problem = "the lock file is a symlink (never followed); remove it if nothing writes"

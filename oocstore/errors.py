@@ -15,17 +15,21 @@ __all__ = [
     "DiskFullError",
     "DtypeError",
     "EmptySourceError",
+    "FileTooLargeError",
     "FieldNameError",
     "ImageDecodeError",
     "ImageFolderNotFoundError",
     "ImageModeError",
     "IngestError",
     "OocstoreError",
+    "PaddingWarning",
     "RaggedError",
+    "SampleTooLargeError",
     "SchemaError",
     "StoreExistsError",
     "StoreLockedError",
     "StoreNotFoundError",
+    "StorePermissionError",
     "UnknownBackendError",
     "UnsupportedDtypeError",
     "UnsupportedStorageError",
@@ -75,6 +79,18 @@ class DtypeError(SchemaError):
     """A batch's dtype differs from the schema and cannot be cast without loss."""
 
 
+class SampleTooLargeError(SchemaError):
+    """One sample of a field is larger than any file can hold (``expected`` is the limit)."""
+
+
+class FileTooLargeError(OocstoreError, OSError):
+    """A file of the store would outgrow the largest file its file system holds (EFBIG)."""
+
+
+class PaddingWarning(UserWarning):
+    """Padding a ragged field to its maximum shape makes the store many times its data."""
+
+
 class UnsupportedDtypeError(SchemaError):
     """A dtype oocstore cannot store (object arrays, or one a backend cannot hold)."""
 
@@ -117,6 +133,21 @@ class StoreLockedError(OocstoreError, BlockingIOError):
         )
 
 
+class StorePermissionError(OocstoreError, PermissionError):
+    """The store, or its lock file, cannot be created or opened for writing here.
+
+    ``path`` is the file or directory refused; ``reason`` says what the system answered.
+    """
+
+    def __init__(self, path: str, reason: str, *, hint: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(errno.EACCES, f"cannot write {path!r}: {reason}; {hint}", path)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class CorruptStoreError(OocstoreError, ValueError):
     """A store's metadata or files are damaged, tampered with or inconsistent.
 
@@ -140,14 +171,24 @@ class BackendUnavailableError(OocstoreError, ImportError):
 class DiskFullError(OocstoreError, OSError):
     """The disk filled up during a write; the store still holds its last commit."""
 
-    def __init__(self, path: str, needed: int | None = None, free: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        needed: int | None = None,
+        free: int | None = None,
+        *,
+        what: str = "",
+        hint: str = "",
+    ) -> None:
         self.path = path
         self.needed = needed
         self.free = free
-        msg = f"no space left on the device holding {path!r}"
+        msg = f"{what}: " if what else ""
+        msg += f"no space left on the device holding {path!r}"
         if needed is not None and free is not None:
             msg += f": needed {needed:,} more bytes, {free:,} free"
-        msg += "; the store keeps its last commit. Free some space and continue with resume=True"
+        msg += "; the store keeps its last commit. "
+        msg += hint or "Free some space and continue with resume=True"
         super().__init__(errno.ENOSPC, msg, path)
 
     def __str__(self) -> str:

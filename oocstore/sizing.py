@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
 
-from .errors import DiskFullError
+from .errors import DiskFullError, SampleTooLargeError
 
 __all__ = [
     "MemoryLike",
@@ -175,6 +176,75 @@ def auto_batch_size(sample_nbytes: int, budget: int, *, at_most: int = 65_536) -
     size = min(size, at_most)
     log.debug("auto batch size %d for %d-byte samples within %d bytes", size, sample_nbytes, budget)
     return int(size)
+
+
+MAX_SAMPLE_BYTES = 2**48
+"""Largest sample a store may declare: a manifest that declares more is refused as tampered."""
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for a person: ``7.4 MB``, ``1.36 GB``, ``4.40 TB`` (powers of 1000)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _max_file_bytes(probe: Path) -> int | None:
+    try:
+        bits = os.pathconf(probe, "PC_FILESIZEBITS")
+    except (OSError, ValueError):
+        return None
+    return 2 ** (bits - 1) - 1 if 0 < bits <= 64 else None
+
+
+def check_samples_fit(
+    path: Path, field: str, sample_nbytes: int, rows: int, *, batch_index: int
+) -> None:
+    """Refuse, before anything is allocated, samples of ``field`` that cannot be stored here.
+
+    Raises
+    ------
+    SampleTooLargeError
+        If one sample is larger than any store file can be (whatever the free space).
+    DiskFullError
+        If the ``rows`` samples of the batch need more than the disk's free space.
+    """
+    probe = path if path.exists() else path.parent
+    limit = min(MAX_SAMPLE_BYTES, _max_file_bytes(probe) or MAX_SAMPLE_BYTES)
+    if sample_nbytes > limit:
+        what = (
+            f"one sample is {format_bytes(sample_nbytes)} ({sample_nbytes:,} bytes), more than "
+            "a store file can hold"
+        )
+        raise SampleTooLargeError(
+            what,
+            field=field,
+            batch_index=batch_index,
+            expected=f"at most {limit:,} bytes",
+            actual=f"{sample_nbytes:,} bytes",
+            hint="store such data as several fields or samples (e.g. tiles of it)",
+        )
+    try:
+        free = psutil.disk_usage(str(probe)).free
+    except OSError:
+        return
+    needed = sample_nbytes * rows
+    if needed > free:
+        each = "" if rows == 1 else " each"
+        what = (
+            f"batch {batch_index}, field {field!r}: {rows:,} sample{'s' if rows > 1 else ''} of "
+            f"{format_bytes(sample_nbytes)} ({sample_nbytes:,} bytes{each}), "
+            f"{format_bytes(free)} free"
+        )
+        raise DiskFullError(
+            str(path),
+            needed=needed,
+            free=free,
+            what=what,
+            hint="Nothing of this batch was written. Free space, or write the store elsewhere",
+        )
 
 
 def check_disk_space(path: Path, needed: int) -> None:

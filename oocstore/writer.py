@@ -8,12 +8,15 @@ makes the data durable (``backend.sync``) and only then replaces the manifest th
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
 import shutil
 import sys
 import time
+import warnings
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from . import sizing
-from ._lock import StoreLock
+from ._durable import free_bytes
+from ._lock import StoreLock, refused_write
 from ._url import is_url
 from .backends import backend_class, backend_for_path, detect_backend
 from .backends.base import Backend, BackendOptions, RegionWriter
@@ -34,6 +38,7 @@ from .errors import (
     DiskFullError,
     EmptySourceError,
     OocstoreError,
+    PaddingWarning,
     RaggedError,
     StoreExistsError,
     UnknownBackendError,
@@ -68,7 +73,12 @@ ShapeLike = Sequence[int]
 
 _SHAPES_DTYPE = np.dtype("<i8")
 _OFFSETS_DTYPE = np.dtype("<i8")
-_INITIAL_BYTES = 64 * 2**20  # first allocation when the length is unknown
+_INITIAL_BYTES = 64 * 2**20  # most of a first allocation when the length is unknown
+_PADDING_WAYS_OUT = (
+    "To store samples without padding pass ragged='pack' (store.sample() and the packed "
+    "array give each sample its true shape); to bring images to one size, resize them first "
+    "(oocstore ingest --size WxH); max_shape= declares a padded shape up front"
+)
 
 
 class _StagedArray:
@@ -218,11 +228,16 @@ class _FieldWriter:
         self.layout = layout
         self.arrays: dict[str, _StagedArray] = {}
         self.values_rows = 0  # elements in the packed values array
+        self.true_nbytes = 0  # bytes of the samples appended, without padding
+        self._warned_padding = False
 
     # -- checks (no side effects: run for every field before any field is appended) ----------
 
     def check(self, value: FieldValue, batch_index: int) -> None:
-        """Raise RaggedError if the ragged policy forbids this batch's shapes."""
+        """Raise RaggedError if the ragged policy forbids this batch's shapes; for padded
+        fields, warn when padding explodes and refuse a padded size the disk cannot hold."""
+        if self.owner.ragged == "pad":
+            self._check_padding(value, batch_index)
         if self.owner.ragged != "error":
             return
         expected = self.spec.shape
@@ -238,10 +253,71 @@ class _FieldWriter:
                     hint="pass ragged='pad' or ragged='pack' to store samples of varying shape",
                 )
 
+    def _check_padding(self, value: FieldValue, batch_index: int) -> None:
+        """Padding of a ``ragged='pad'`` field, projected before this batch is appended."""
+        owner = self.owner
+        if len(value) == 0 or (
+            isinstance(value, np.ndarray) and value.shape[1:] == self.spec.shape
+        ):
+            return  # the common case: nothing grows
+        shapes = sample_shapes(value)
+        old = self.spec.shape
+        new = max_shape_of(shapes, old)
+        at_close = not owner.backend.grows_rows  # npy, HDF5: the padded file is made at close
+        if new == old and not (at_close and self.layout.kind != "dense"):
+            return
+        itemsize = self.spec.dtype.itemsize
+        row = math.prod(new) * itemsize
+        rows = owner.length + len(value)
+        final = max(rows, owner.length_expected or 0)
+        padded = final * row
+        if at_close and owner.url is None:
+            free = free_bytes(owner.path if owner.path.exists() else owner.path.parent)
+            if free is not None and padded > free:
+                raise DiskFullError(
+                    os.fspath(owner.path),
+                    needed=padded,
+                    free=free,
+                    what=(
+                        f"batch {batch_index}, field {self.spec.name!r}: padded to {new}, "
+                        f"{final:,} samples take {sizing.format_bytes(padded)}"
+                    ),
+                    hint=f"Nothing of this batch was written. {_PADDING_WAYS_OUT}",
+                )
+        limit = owner.padding_warning
+        if new == old or self._warned_padding or limit is None:
+            return
+        sizes = np.prod(shapes, axis=1, dtype=np.int64) if shapes.shape[1] else np.ones(1)
+        true = self.true_nbytes + int(sizes.sum()) * itemsize
+        ratio = rows * row / max(true, 1)
+        if ratio <= limit:
+            return
+        self._warned_padding = True
+        grew = int(np.argmax((shapes > np.asarray(old, dtype=np.int64)).any(axis=1)))
+        when = f"at the declared length ({final:,} samples)" if final > rows else "so far"
+        where = "on disk" if at_close else "read padded (on disk only the tiles samples touch)"
+        warnings.warn(
+            f"field {self.spec.name!r}: sample {owner.length + grew:,} (batch {batch_index}) has "
+            f"shape {tuple(int(d) for d in shapes[grew])}, so every sample is padded from {old} "
+            f"to {new}: {sizing.format_bytes(padded)} {where} {when} for "
+            f"{sizing.format_bytes(true)} of values ({ratio:.0f}x; warned past "
+            f"padding_warning={limit:g}x). {_PADDING_WAYS_OUT}",
+            PaddingWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+
     # -- appending ----------------------------------------------------------------------------
 
     def append(self, value: FieldValue) -> int:
         """Append one batch of this field; return the bytes appended."""
+        nbytes = self._append(value)
+        if isinstance(value, np.ndarray):
+            self.true_nbytes += value.nbytes
+        else:
+            self.true_nbytes += sum(v.size for v in value) * self.spec.dtype.itemsize
+        return nbytes
+
+    def _append(self, value: FieldValue) -> int:
         if len(value) == 0:
             return 0  # an empty batch says nothing about shapes: no layout change
         kind = self.layout.kind
@@ -504,6 +580,17 @@ class _FieldWriter:
             owner.obsolete.add(old)
 
 
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside oocstore: a warning points at user code."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
 def _growing_axes(shapes: np.ndarray, shape: Sequence[int]) -> tuple[int, ...]:
     """The axes on which sample ``shapes`` differ from ``shape`` or from one another."""
     if not len(shapes):
@@ -558,6 +645,36 @@ class _EarlyFlush:
             pending.result()
 
 
+class _Abandoned:
+    """Undo what a writer collected without ``close()`` holds: its lock, and a store it made.
+
+    A store this writer created and never committed holds no data, so it is removed with
+    its lock file; a committed store is left as its last commit says (resumable). Nothing
+    happens in a forked child, whose writer object is the parent's.
+    """
+
+    def __init__(self, backend: Backend, lock: StoreLock | _NoLock, sibling: bool) -> None:
+        self.backend = backend
+        self.lock = lock
+        self.sibling = sibling
+        """Is the lock file beside the store (Zarr, HDF5), so it must go too?"""
+        self.committed = False
+        """Has a manifest been written (or did the store exist, for a resumed writer)?"""
+        self.pid = os.getpid()
+
+    def __call__(self) -> None:
+        if os.getpid() != self.pid:
+            return
+        try:
+            with contextlib.suppress(Exception):
+                if self.committed:
+                    self.backend.close()
+                else:
+                    self.backend.destroy()
+        finally:
+            self.lock.release(remove=self.sibling)
+
+
 class _NoLock:
     """A store at a URL has no flock: nothing to take (see docs/dask.md)."""
 
@@ -601,6 +718,9 @@ class Writer:
         Pad value, or a dict of them per field.
     max_shape
         Per field (a dict), the padded shape to preallocate when it is known up front.
+    padding_warning
+        Warn (``PaddingWarning``, once per field) when padding a ragged field makes it more
+        than this many times the size of its samples' values; None never warns.
     casting
         How far a later batch may be cast to the schema's dtype (NumPy casting rules).
     chunks, compressors, shards
@@ -639,6 +759,7 @@ class Writer:
         ragged: RaggedMode = "pad",
         fill: Any = 0,
         max_shape: Mapping[str, ShapeLike] | ShapeLike | None = None,
+        padding_warning: float | None = 4.0,
         casting: Casting = "safe",
         chunks: Mapping[str, int] | int | None = None,
         compressors: Any = None,
@@ -664,6 +785,10 @@ class Writer:
         self.ragged: RaggedMode = ragged
         self.fill = fill
         self.max_shape = _as_max_shapes(max_shape)
+        if padding_warning is not None and not padding_warning > 0:
+            msg = f"padding_warning must be a positive ratio or None, not {padding_warning!r}"
+            raise ValueError(msg)
+        self.padding_warning = padding_warning
         self.casting: Casting = casting
         self.budget = sizing.memory_budget(memory)
         self.commit_every_seconds = commit_seconds
@@ -731,6 +856,9 @@ class Writer:
             self.budget, background=cls.background_sync
         )
 
+        # A writer dropped without close() is undone when it is collected (or at exit).
+        sibling = isinstance(self._lock, StoreLock) and self._lock.path.parent != self.path
+        self._abandoned = _Abandoned(self.backend, self._lock, sibling)
         if existing_backend is not None and resume:
             self._lock.acquire()
             try:
@@ -739,11 +867,19 @@ class Writer:
                 self.backend.close()
                 self._lock.release()
                 raise
+            self._abandoned.committed = True
+            self._finalizer = weakref.finalize(self, self._abandoned)
             return
         if exists:
             self._clear_existing(existing_backend, overwrite)
-        self.backend.create()
-        self._lock.acquire()
+        try:
+            self.backend.create()
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            raise refused_write(err, Path(err.filename or self.path)) from None
+        self._lock.acquire()  # refused: the store is another writer's, left as it is
+        self._finalizer = weakref.finalize(self, self._abandoned)
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -858,6 +994,9 @@ class Writer:
                 )
             if layout.kind == "packed":
                 fw.values_rows = manifest.arrays[f"{spec.name}.values"].length
+                fw.true_nbytes = fw.values_rows * spec.dtype.itemsize
+            else:  # padded rows count whole: padding is never over-reported after a resume
+                fw.true_nbytes = manifest.length * spec.sample_nbytes
             self._fields[spec.name] = fw
         if manifest.complete:
             # Appending to a closed store: say so before any byte changes.
@@ -887,14 +1026,21 @@ class Writer:
                     hint="pass ragged='pad' or ragged='pack' to store samples of varying shape",
                 )
         n = batch.size
+        if self.url is None:
+            for spec in schema.fields:  # before anything is allocated for this batch
+                sizing.check_samples_fit(
+                    self.path, spec.name, spec.sample_nbytes, n, batch_index=self._batch_index
+                )
         if self.length_expected is not None:
             capacity = self.length_expected
         elif self.n_batches_hint is not None and n:
             capacity = self.n_batches_hint * n  # exact unless batches differ in size
             self.length_expected = capacity
         else:
-            # A first guess only: shrunk to nothing if the disk cannot hold it (_new_array).
-            capacity = max(n * 4, _INITIAL_BYTES // max(schema.sample_nbytes, 1), 1)
+            # A first guess only, a few batches' worth (growth is geometric from there), and
+            # shrunk to nothing if the disk cannot hold it (_new_array).
+            first = min(4 * n * schema.sample_nbytes, _INITIAL_BYTES, self.budget // 4)
+            capacity = max(n, first // max(schema.sample_nbytes, 1), 1)
             self._guessed_capacity = True
         if not self._guessed_capacity and self.url is None:
             sizing.check_disk_space(self.path, capacity * schema.sample_nbytes)
@@ -1111,6 +1257,7 @@ class Writer:
         """Data durable first, then the manifest that declares it (the commit point)."""
         self.backend.sync(lengths)
         self.backend.write_manifest(manifest)
+        self._abandoned.committed = True
 
     def commit(self, *, wait: bool = True) -> None:
         """Make every appended sample durable, then declare it in the manifest.
@@ -1214,6 +1361,7 @@ class Writer:
 
     def _release(self) -> None:
         self._closed = True
+        self._finalizer.detach()
         if self._committer is not None:
             if self._pending is not None:
                 # A commit still in flight after a failure: let it finish before closing files.
@@ -1228,8 +1376,7 @@ class Writer:
             for a in fw.arrays.values():
                 a.release_buffer()
         # A lock file beside the store (zarr, hdf5) goes with the writer; one inside stays.
-        sibling = isinstance(self._lock, StoreLock) and self._lock.path.parent != self.path
-        self._lock.release(remove=sibling)
+        self._lock.release(remove=self._abandoned.sibling)
 
     def __enter__(self) -> Writer:
         if self._progress_flag is not False and self._progress is None:
@@ -1304,6 +1451,7 @@ def write(
     ragged: RaggedMode = "pad",
     fill: Any = 0,
     max_shape: Mapping[str, ShapeLike] | None = None,
+    padding_warning: float | None = 4.0,
     casting: Casting = "safe",
     chunks: Mapping[str, int] | int | None = None,
     compressors: Any = None,
@@ -1388,6 +1536,7 @@ def write(
         "ragged": ragged != "pad",
         "fill": not (isinstance(fill, (int, float)) and fill == 0),
         "max_shape": max_shape is not None,
+        "padding_warning": padding_warning != 4.0,
     }
     if "dask" in sys.modules:  # a Dask array can only exist once dask is imported
         from .sources.dask import is_dask_source
@@ -1423,6 +1572,7 @@ def write(
         ragged=ragged,
         fill=fill,
         max_shape=max_shape,
+        padding_warning=padding_warning,
         casting=casting,
         chunks=chunks,
         compressors=compressors,
