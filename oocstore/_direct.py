@@ -1,12 +1,11 @@
 """Write-behind with ``O_DIRECT``: long sequential writes go to the disk from two reused buffers.
 
 Why: a conversion's bytes are written once and read later, so routing them through the page
-cache buys little and costs twice. Every written page must first be allocated in the cache --
-on this VM, whose host takes back free memory, that made buffered ``pwrite`` + ``fdatasync``
-of 640 MB take 0.50-0.86 s from one run to the next, while ``O_DIRECT`` from two reused 8 MiB
-buffers took 0.35-0.41 s (``benchmarks/direct_io.py``: 6 alternating pairs after dropping the
-page cache; ``compare.py`` measures it in the store). And a store bigger than RAM no longer
-evicts everything else from the page cache.
+cache buys little and costs twice. Every written page must first be allocated in the cache,
+and on a VM whose host takes back free memory that allocation is slow and erratic; two
+reused aligned buffers are not (``benchmarks/direct_io.py`` measures both, figures in
+docs/benchmarks.md). And a store bigger than RAM no longer evicts everything else from the
+page cache.
 
 How: :class:`DirectWriter` copies sequential writes into an aligned buffer; a full buffer is
 written by a helper thread with ``O_DIRECT`` while the caller fills the other one. Anything
@@ -193,8 +192,8 @@ class DirectWriter:
 
     def retarget(self, fd: int, path: Path) -> None:
         """Drain, then go on writing another file (the next chunk file of an array) with the
-        same buffers and thread: fresh buffers per file cost page faults, and on this VM
-        fresh memory is slow. The run goes on: it is the same stream of rows."""
+        same buffers and thread: fresh buffers per file cost page faults, and fresh memory
+        can be slow to touch. The run goes on: it is the same stream of rows."""
         self.drain()
         refused = False
         with self._lock:

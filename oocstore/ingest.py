@@ -290,8 +290,7 @@ def _decode_chunk(job: _Decode, paths: list[str], slot: SlotRef = None) -> list[
 
     With a ``slot``, pixels are laid end to end into that shared memory and only their
     offsets go back through the pipe: pickling megabytes of pixels through the pool's pipe
-    cost ~0.2-0.4 ms of CPU per 256 px image more (docs/benchmarks.md, issue 6), a third of
-    what decoding it costs.
+    costs a third of what decoding them does (docs/benchmarks.md, image ingestion).
     """
     buf = _slot_array(slot) if slot is not None else None
     used = 0

@@ -550,14 +550,14 @@ class _FieldWriter:
             owner.commit()
         padded = self._new_array(name, self.spec.dtype, shape, n, padded=True)
         step = max(sizing.layout_rows(padded.row_nbytes, owner.budget), 1)
-        # One buffer, refilled per block: fresh memory per block is slow to touch on this VM.
+        # One buffer, refilled per block: fresh memory per block can be slow to touch.
         block = np.empty((min(step, n), *shape), dtype=self.spec.dtype)
         flusher = _EarlyFlush(owner, name)
         for start in range(0, n, step):
             stop = min(start + step, n)
             offsets = backend.read(f"{name}.offsets", start, stop)
             shapes = backend.read(f"{name}.shapes", start, stop)
-            # A resumed writer reads committed rows back: refuse damaged ones (issue 8).
+            # A resumed writer reads committed rows back: refuse damaged ones.
             n_values = self.arrays[f"{name}.values"].rows
             check_packed(n_values, offsets, shapes, f"{owner.path}: field {name!r}", bound=shape)
             if (np.diff(offsets) < 0).any():
@@ -600,7 +600,7 @@ def _growing_axes(shapes: np.ndarray, shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def _checked_spans(spans: dict[str, Any], manifest: Manifest, path: Path) -> dict[str, list[Any]]:
-    """The checksum record of a store being resumed, refused if damaged (issue 8)."""
+    """The checksum record of a store being resumed, refused if damaged."""
     out: dict[str, list[Any]] = {}
     for name, value in spans.items():
         spec = manifest.arrays.get(name)

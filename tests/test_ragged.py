@@ -15,6 +15,9 @@ import oocstore
 from .conftest import SUFFIX
 from .strategies import ragged_shapes
 
+# These cases pad heavily on purpose; the warning itself is tested in test_limits.py.
+pytestmark = pytest.mark.filterwarnings("ignore::oocstore.PaddingWarning")
+
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

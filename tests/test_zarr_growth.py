@@ -37,6 +37,9 @@ from oocstore.sizing import TILE_BYTES, tile_shape
 
 from .test_crash import forkserver
 
+# These cases pad heavily on purpose; the warning itself is tested in test_limits.py.
+pytestmark = pytest.mark.filterwarnings("ignore::oocstore.PaddingWarning")
+
 Shape = tuple[int, ...]
 Batch = tuple[list[np.ndarray], np.ndarray]
 

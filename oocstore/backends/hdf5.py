@@ -881,7 +881,7 @@ class Hdf5Backend(Backend):
         # whole ALIGNMENT units, so chunks allocated together lie end to end in the file.
         target = min(TARGET_CHUNK_BYTES, max(MIN_CHUNK_BYTES, capacity * row // 8))
         unit = ALIGNMENT // math.gcd(row, ALIGNMENT)
-        rows = max(target // row // unit, 1) * unit
+        rows = max(-(-target // (row * unit)), 1) * unit  # whole units, at least the target
         if rows * row > MAX_CHUNK_BYTES:
             rows = max(MAX_CHUNK_BYTES // row, 1)
         if rows * row > MAX_CHUNK_BYTES:

@@ -1166,7 +1166,7 @@ class ZarrBackend(Backend):
         compressed = self._compressors() is not None
         rows = _option_for(self.options.chunks, name, "chunks")
         chunk = rows if rows is not None else chunk_rows_for(row_nbytes, compressed=compressed)
-        if rows is None and capacity > 0:
+        if rows is None and capacity > 0 and self.options.extra.get("length") is not None:
             chunk = min(chunk, capacity)  # a short array of known length: no oversized chunk
         shards = self._shards(name)
         if shards is None or shards is False:
