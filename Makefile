@@ -1,5 +1,6 @@
-# make demo: create .venv, install oocstore, run the demo.  make test: the whole test suite and
-# the strict docs build.  make docs: the documentation site, into site/.
+# make demo: create .venv, install oocstore (with Pillow, for the demo's photos), run the demo.
+# make test: the whole test suite and the strict docs build.  make docs: the documentation site,
+# into site/.
 # make stress: the full reliability counts of issue 8 (kills, full disks, mutated stores; 10-20 min),
 # summary in $(STRESS_REPORT), quoted by docs/guarantees.md.
 PYTHON ?= python3
@@ -17,7 +18,7 @@ STRESS_REPORT ?= docs/stress-summary.json
 $(VENV)/.installed-core: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[images]'
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-core
@@ -70,4 +71,4 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/write_throughput.py
 
 clean:
-	rm -rf $(VENV) demo.ooc site .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo.ooc demo-photos.ooc site .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -64,12 +65,14 @@ def vm_rss_mb() -> float:
 
 
 def replace_section(path: Path, title: str, section: str) -> None:
-    """Replace the markdown section starting at ``title`` in ``path`` (or append it).
+    """Replace the markdown section headed by the line ``title`` in ``path`` (or append it).
 
-    A section runs to the next ``## `` heading; the rest of the file is left as it is.
+    A section runs to the next ``## `` heading; the rest of the file is left as it is. The
+    heading must be a whole line, so ``## Writing`` does not match ``## Writing from ...``.
     """
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(title)
+    heading = re.search(rf"^{re.escape(title)}[ \t]*$", text, re.MULTILINE)
+    start = heading.start() if heading else -1
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:

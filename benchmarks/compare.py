@@ -41,8 +41,9 @@ How to run
     .venv/bin/python benchmarks/compare.py --scaling \
         --out docs/benchmarks.md --plot docs/compare.png   # full, with the docs section
 
-``--out`` replaces the section "All approaches side by side" of that markdown file (or appends
-it) and leaves its other sections alone. Peers install with ``pip install -e '.[bench]'``.
+``--out`` replaces the section "Writing" of that markdown file (or appends it) with this run's
+report, every workload's table included, and leaves its other sections alone. Peers install
+with ``pip install -e '.[bench]'``.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ from _common import drop_caches, replace_section, vm_hwm_mb, vm_rss_mb
 Batch = tuple[Any, ...]  # one entry per field: an array, or a list of arrays (ragged)
 Arrays = dict[str, Any]
 
-SECTION_TITLE = "## All approaches side by side (benchmarks/compare.py)"
+SECTION_TITLE = "## Writing"
 POOL_BATCHES = 16
 SCRATCH_MAX = 2 * 10**9
 READ_SECONDS = 5.0
@@ -853,8 +854,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Runs]], load0:
     parts = [
         SECTION_TITLE,
         "",
-        f"Machine: {machine(args.dir or tempfile.gettempdir())} (load before the run: {load0}). "
-        f"Other engineers were using the machine during the run, so the disk was shared.",
+        f"Machine: {machine(args.dir or tempfile.gettempdir())} (load before the run: {load0}).",
         "",
         f"Versions: {versions()}.",
         "",

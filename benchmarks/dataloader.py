@@ -24,8 +24,7 @@ peak RSS of the timed part (``VmHWM``; the baseline of the interpreter, torch an
 included, nothing is subtracted). Contenders alternate within each round (the order rotates)
 and medians over the rounds are reported. The store is deleted and ``sync`` run between runs.
 
-Targets (issue 5): oocstore no slower than the recipe, and its peak RSS below half of the
-recipe's.
+Targets: oocstore no slower than the recipe, and its peak RSS below half of the recipe's.
 
 How to run
 ----------
@@ -35,7 +34,8 @@ How to run
     .venv/bin/python benchmarks/dataloader.py --gb 0.25 --rounds 1  # smoke
     .venv/bin/python benchmarks/dataloader.py --out docs/benchmarks.md
 
-``--out`` replaces (or appends) only the "DataLoader to NumPy (issue 5)" section of that file.
+``--out`` replaces (or appends) only the "Writing from a PyTorch DataLoader" section of that
+file.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from typing import Any
 
 from _common import replace_section
 
-SECTION_TITLE = "## DataLoader to NumPy (issue 5)"
+SECTION_TITLE = "## Writing from a PyTorch DataLoader"
 SAMPLE_SHAPE = (3, 64, 64)
 BATCH_SIZE = 256
 POOL = 64  # distinct sample tensors the dataset cycles through

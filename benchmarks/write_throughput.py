@@ -630,7 +630,7 @@ def machine(workdir: Path, res: Results) -> list[str]:
     return [
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- CPU: {os.cpu_count()} cores ({cpu_model()})",
-        f"- other load during the timed runs (this VM is shared): other processes used "
+        f"- other load during the timed runs: other processes used "
         f"{statistics.median(cores):.2f} cores (median; at most {max(cores):.2f}; kernel "
         f"threads not counted) and wrote {statistics.median(written):.0f} MB to the disk "
         f"(median; at most {max(written):.0f}); {sum(t.disturbed for t in runs)} of "

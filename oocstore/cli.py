@@ -78,17 +78,54 @@ _BACKEND = click.option(
 @cli.command()
 @click.argument("path", default="demo.ooc", required=False)
 @click.option("-n", "--samples", default=20_000, show_default=True, help="Images to generate.")
+@click.option(
+    "--photos",
+    type=click.IntRange(min=0),
+    default=2000,
+    show_default=True,
+    help="JPEGs to generate and ingest into PATH's -photos store (0: skip that part).",
+)
 @_BACKEND
-def demo(path: str, samples: int, backend: str | None) -> None:
-    """Write a generated image dataset to PATH (default demo.ooc) and show it.
+@click.pass_context
+def demo(ctx: click.Context, path: str, samples: int, photos: int, backend: str | None) -> None:
+    """Write a generated dataset to PATH (default demo.ooc), ingest generated photos, read them.
+
+    First, SAMPLES generated 64x64 images and their labels are streamed into PATH, and the
+    rate is shown beside a raw write + fsync of the same bytes in the same directory (the
+    disk's limit). Then PHOTOS photo-like JPEGs are generated in a temporary folder beside
+    PATH (deleted at the end) and ingested with `oocstore ingest --size 64x64` into
+    PATH-photos (demo.ooc -> demo-photos.ooc). A second Python process then opens that store
+    read-only and reads all of it, to show its private memory beside the store's size, and
+    `oocstore info` describes it.
 
     \b
-    Example:
-      oocstore demo /tmp/demo.ooc -n 50000
+    Examples:
+      oocstore demo
+      oocstore demo /tmp/demo.ooc -n 50000 --photos 10000
     """
-    from .demo import run_demo
+    import importlib.util
 
-    run_demo(path, samples, backend)
+    from . import demo as demo_
+
+    demo_.run_demo(path, samples, backend).close()
+    if photos == 0:
+        return
+    click.echo()
+    if importlib.util.find_spec("PIL") is None:
+        click.echo("skipped the image folder: it needs Pillow (pip install 'oocstore[images]')")
+        return
+    dst = demo_.photos_store_path(path)
+    with demo_.photo_folder(dst.resolve().parent, photos) as folder:
+        ctx.invoke(
+            ingest, src=str(folder), dst=str(dst), size=_DEMO_SIZE, overwrite=True, backend=backend
+        )
+    click.echo()
+    demo_.report_shared_read(dst)
+    click.echo()
+    ctx.invoke(info, path=str(dst))
+
+
+_DEMO_SIZE = (64, 64)  # small, so the demo's ingest is quick; real data would use e.g. 224x224
 
 
 @cli.command()

@@ -16,7 +16,7 @@ def test_compare_quick_prints_a_table(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "## All approaches side by side" in out
+    assert "## Writing" in out
     assert "| raw f.write + fsync (limit) |" in out
     assert "| oocstore npy, length known |" in out
     assert "failed" not in out
