@@ -517,6 +517,49 @@ def test_tampered_runs_are_a_corrupt_store(tmp_path: Path, monkeypatch: pytest.M
                 oocstore.Writer(case, names=("x",), resume=True)
 
 
+def test_record_outgrowing_its_slot_names_the_array_and_what_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs that outgrow the slot (here 2-row chunks, a 32 KiB userblock, small growth steps)
+    fail the commit with CommitRecordTooLargeError; the store keeps its last commit, and the
+    chunk size it names fits."""
+    monkeypatch.setattr(hdf5_backend, "USERBLOCK_BYTES", 2**15)
+    monkeypatch.setattr(hdf5_backend, "MIN_GROWTH_BYTES", 2**20)
+    monkeypatch.setattr(oocstore.writer, "_INITIAL_BYTES", 2**20)
+    x = np.arange(20_000 * 4, dtype=np.float32).reshape(20_000, 4)
+
+    def write(path: Path, chunks: int) -> int:
+        committed = 0
+        with oocstore.Writer(path, names=("x",), chunks=chunks, commit_seconds=3600.0) as w:
+            for _ in range(8):
+                w.append((x,))
+                w.commit()
+                committed = w.committed
+        return committed
+
+    path = tmp_path / "s.h5"
+    with pytest.raises(oocstore.CommitRecordTooLargeError) as info:
+        write(path, chunks=2)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert err.array == "x"
+    assert err.slot_bytes == (2**15 - hdf5_backend.HEADER_BYTES) // 2 - 32
+    assert err.record_bytes > err.slot_bytes
+    assert err.min_chunk_rows is not None
+    assert err.min_chunk_rows > 2
+    assert err.min_userblock > 2**15
+    text = str(err)
+    for part in ("'x'", f"{err.record_bytes:,}", f"{err.slot_bytes:,}", f"{err.min_userblock:,}"):
+        assert part in text
+    assert f"chunks={err.min_chunk_rows} or more" in text
+    with oocstore.open(path) as store:  # its last commit
+        n = len(store)
+        assert 0 < n < 8 * len(x)
+        assert n % len(x) == 0
+        assert same(store["x"][:], np.concatenate([x] * (n // len(x))))
+    assert write(tmp_path / "fits.h5", chunks=err.min_chunk_rows) == 8 * len(x)
+
+
 # -- processes ----------------------------------------------------------------------------------
 
 WRITER = r"""

@@ -73,7 +73,13 @@ import numpy as np
 
 from .._direct import DirectWriter
 from .._durable import fsync_dir, fsync_fd, open_nofollow, preallocate, pwrite_all
-from ..errors import CorruptStoreError, DiskFullError, SchemaError, UnsupportedDtypeError
+from ..errors import (
+    CommitRecordTooLargeError,
+    CorruptStoreError,
+    DiskFullError,
+    SchemaError,
+    UnsupportedDtypeError,
+)
 from ..manifest import ArraySpec, Manifest
 from ._lazy import LazyArray
 from .base import ArrayReader, Backend, BackendOptions, FileRegionWriter, RegionWriter
@@ -1359,8 +1365,9 @@ class Hdf5Backend(Backend):
         f.drain()
         fsync_fd(f.fd, f.path)
 
-    def _record(self, f: _File, manifest: Manifest) -> bytes:
-        """The manifest with this file's extents, as the commit record's JSON."""
+    def _record(self, f: _File, manifest: Manifest, *, extents: bool = True) -> bytes:
+        """The manifest with this file's extents, as the commit record's JSON (``extents=False``:
+        with none, to measure what they take)."""
         arrays = {}
         for name in manifest.arrays:
             arr = f.arrays.get(name)
@@ -1368,6 +1375,8 @@ class Hdf5Backend(Backend):
                 msg = f"the manifest names {name!r}, which this writer has not created"
                 raise CorruptStoreError(os.fspath(f.path), msg)
             arrays[name] = arr.layout_json()
+            if not extents:
+                arrays[name]["extents"] = []
         extra = {k: v for k, v in manifest.extra.items() if k != "hdf5"}
         extra["hdf5"] = {"version": _LAYOUT_VERSION, "arrays": arrays}
         return replace(manifest, extra=extra).dumps()
@@ -1400,12 +1409,7 @@ class Hdf5Backend(Backend):
         """The record for ``manifest``, and whether the file needs an fdatasync before it."""
         payload = self._record(f, manifest)
         if len(payload) + _SLOT.size > f.slot:
-            msg = (
-                f"the manifest is {len(payload):,} bytes, more than the HDF5 commit slot holds "
-                f"({f.slot - _SLOT.size:,}); create the store with a larger "
-                "BackendOptions.extra['userblock']"
-            )
-            raise ValueError(msg)
+            raise self._too_large(f, manifest, len(payload))
         if attribute:
             # The attribute mirrors the record for plain HDF5 readers; it is written only when
             # HDF5 metadata changes anyway (or at the end), to keep metadata writes rare.
@@ -1422,6 +1426,34 @@ class Hdf5Backend(Backend):
         flush = attribute or self._unsynced
         self._unsynced = False
         return payload, flush
+
+    def _too_large(self, f: _File, manifest: Manifest, size: int) -> CommitRecordTooLargeError:
+        """The error for a record of ``size`` bytes that its slot cannot hold: the array with
+        the most runs, and what chunk size or userblock would fit the record."""
+        slot = f.slot - _SLOT.size
+        arr = max((f.arrays[name] for name in manifest.arrays), key=lambda a: len(a.runs))
+        userblock = 2 * HEADER_BYTES
+        while (userblock - HEADER_BYTES) // 2 - _SLOT.size < size:
+            userblock *= 2
+        # Runs come from HDF5's index nodes between chunks: about one per so many chunks, so
+        # chunks k times larger make about k times fewer (measured: 164 runs at 8 rows per
+        # chunk, 43 at 32, for 4M rows of 16 bytes). Rounded up to a power of two: room to grow.
+        share = size - len(self._record(f, manifest, extents=False))
+        excess = size - slot
+        min_rows = None
+        if arr.layout == "chunked" and share > excess:
+            need = -(-arr.chunk_rows * share // (share - excess))
+            min_rows = 1 << (need - 1).bit_length()
+        return CommitRecordTooLargeError(
+            os.fspath(self.root),
+            array=arr.name,
+            runs=len(arr.runs),
+            record_bytes=size,
+            slot_bytes=slot,
+            chunk_rows=arr.chunk_rows,
+            min_chunk_rows=min_rows,
+            min_userblock=userblock,
+        )
 
     def _publish(self, f: _File, payload: bytes, flush: bool) -> None:
         """The commit point: the next slot, durable, after the data it declares."""
