@@ -1,7 +1,7 @@
 # make demo: create .venv, install oocstore (with Pillow, for the demo's photos), run the demo.
 # make test: the whole test suite and the strict docs build.  make docs: the documentation site,
 # into site/.
-# make stress: the full reliability counts of issue 8 (kills, full disks, mutated stores; 10-20 min),
+# make stress: the full reliability counts (kills, full disks, mutated stores; 10-20 min),
 # summary in $(STRESS_REPORT), quoted by docs/guarantees.md.
 PYTHON ?= python3
 VENV   := .venv

@@ -11,6 +11,7 @@ from .convert import convert
 from .errors import (
     BackendUnavailableError,
     BatchError,
+    CommitRecordTooLargeError,
     CorruptStoreError,
     DiskFullError,
     DtypeError,
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError",
     "BatchError",
+    "CommitRecordTooLargeError",
     "CorruptStoreError",
     "Damage",
     "DiskFullError",

@@ -11,6 +11,7 @@ from typing import Any
 __all__ = [
     "BackendUnavailableError",
     "BatchError",
+    "CommitRecordTooLargeError",
     "CorruptStoreError",
     "DiskFullError",
     "DtypeError",
@@ -158,6 +159,57 @@ class CorruptStoreError(OocstoreError, ValueError):
         self.path = path
         self.problem = problem
         super().__init__(f"corrupt store file {path!r}: {problem}")
+
+
+class CommitRecordTooLargeError(OocstoreError, ValueError):
+    """An HDF5 store's commit record outgrew its userblock slot; earlier commits stay intact.
+
+    The record lists where each array's rows lie in the file. HDF5 puts its chunk index
+    between small chunks, so an array of small chunks lies in many runs. ``path``, ``array``
+    (the array with the most runs), ``runs``, ``record_bytes``, ``slot_bytes``, ``chunk_rows``
+    (its rows per chunk), ``min_chunk_rows`` (rows per chunk that would fit the record at this
+    length, with room to spare; None when the extents are not what overflows) and
+    ``min_userblock`` (the smallest userblock whose slot holds this record) hold the parts of
+    the message.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        array: str,
+        runs: int,
+        record_bytes: int,
+        slot_bytes: int,
+        chunk_rows: int,
+        min_chunk_rows: int | None,
+        min_userblock: int,
+    ) -> None:
+        self.path = path
+        self.array = array
+        self.runs = runs
+        self.record_bytes = record_bytes
+        self.slot_bytes = slot_bytes
+        self.chunk_rows = chunk_rows
+        self.min_chunk_rows = min_chunk_rows
+        self.min_userblock = min_userblock
+        msg = (
+            f"the HDF5 commit record of {path!r} would be {record_bytes:,} bytes, more than its "
+            f"userblock slot holds ({slot_bytes:,})"
+        )
+        if min_chunk_rows is not None:
+            msg += (
+                f": array {array!r} lies in {runs:,} runs of extents (HDF5 puts its chunk index "
+                f"between its {chunk_rows}-row chunks). Write with chunks={min_chunk_rows} or "
+                "more, or leave chunks unset; or "
+            )
+        else:
+            msg += ": the manifest itself (attrs, fields) takes the room; "
+        msg += (
+            f"create the store with a userblock of {min_userblock:,} bytes or more "
+            "(Hdf5Backend option extra['userblock']). Earlier commits stay intact"
+        )
+        super().__init__(msg)
 
 
 class UnknownBackendError(OocstoreError, ValueError):

@@ -74,6 +74,7 @@ ShapeLike = Sequence[int]
 _SHAPES_DTYPE = np.dtype("<i8")
 _OFFSETS_DTYPE = np.dtype("<i8")
 _INITIAL_BYTES = 64 * 2**20  # most of a first allocation when the length is unknown
+_INITIAL_BATCHES = 4  # ... which is this many first batches' worth, if that is less
 _PADDING_WAYS_OUT = (
     "To store samples without padding pass ragged='pack' (store.sample() and the packed "
     "array give each sample its true shape); to bring images to one size, resize them first "
@@ -1039,7 +1040,9 @@ class Writer:
         else:
             # A first guess only, a few batches' worth (growth is geometric from there), and
             # shrunk to nothing if the disk cannot hold it (_new_array).
-            first = min(4 * n * schema.sample_nbytes, _INITIAL_BYTES, self.budget // 4)
+            first = min(
+                _INITIAL_BATCHES * n * schema.sample_nbytes, _INITIAL_BYTES, self.budget // 4
+            )
             capacity = max(n, first // max(schema.sample_nbytes, 1), 1)
             self._guessed_capacity = True
         if not self._guessed_capacity and self.url is None:

@@ -19,15 +19,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import h5py
 import numpy as np
 import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
 
 import oocstore
+import oocstore.writer
 from oocstore.backends import hdf5 as hdf5_backend
 from oocstore.backends.hdf5 import ATTRIBUTE, DROPPED_GROUP, Hdf5Backend
+from oocstore.manifest import ArraySpec
 
 H5DUMP = shutil.which("h5dump")
 H5LS = shutil.which("h5ls")
@@ -292,12 +297,289 @@ def test_tampered_extents_are_a_corrupt_store(tmp_path: Path) -> None:
         Hdf5Backend.open_arrays(path, manifest)
 
 
+# -- small chunks: extents as runs (issue 16) ---------------------------------------------------
+
+
+def record_of(path: Path) -> tuple[int, bytes]:
+    """The newest commit record of an HDF5 store: ``(sequence number, JSON)``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        header = hdf5_backend._read_header(fd, os.fspath(path))
+        assert header is not None
+        record = hdf5_backend._read_record(fd, header[1])
+        assert record is not None
+        return record
+    finally:
+        os.close(fd)
+
+
+def reseal(path: Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` as the store's newest commit record, with a valid checksum."""
+    seq = record_of(path)[0] + 1
+    text = json.dumps(doc, indent=1).encode()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        header = hdf5_backend._read_header(fd, os.fspath(path))
+        assert header is not None
+        os.pwrite(
+            fd, hdf5_backend._slot_bytes(seq, text), hdf5_backend._slot_offset(seq % 2, header[1])
+        )
+    finally:
+        os.close(fd)
+
+
+def extents_of(path: Path, name: str) -> list[list[int]]:
+    return json.loads(record_of(path)[1])["extra"]["hdf5"]["arrays"][name]["extents"]
+
+
+def test_small_chunks_of_unknown_length_commit_and_reopen(tmp_path: Path) -> None:
+    """chunks=8 on 16-byte rows: HDF5 puts a B-tree node after every 57 chunks, so the first
+    allocation (64 MiB ahead) lies in 9,198 extents, a 558 KB record for a 510 KiB slot; as
+    runs it takes 164 entries, 14 KB."""
+    path = tmp_path / "s.h5"
+    x = np.random.default_rng(1).random((5000, 4), dtype=np.float32)
+    w = oocstore.Writer(path, names=("x",), chunks=8, commit_seconds=3600.0)
+    try:
+        for i in range(0, 5000, 1000):
+            w.append((x[i : i + 1000],))
+            w.commit()
+            with oocstore.open(path) as store:
+                assert same(store["x"][:], x[: i + 1000])
+        assert len(record_of(path)[1]) < 32 * 2**10
+        runs = [e for e in extents_of(path, "x") if len(e) == 5]
+        assert runs
+        assert all(count > 1 for _, _, _, count, _ in runs)
+    finally:
+        w.close()
+    with oocstore.open(path) as store:
+        assert same(store["x"][:], x)
+        assert same(store["x"][[4999, 0, 457, 456, 455]], x[[4999, 0, 457, 456, 455]])
+        assert same(store["x"][3::7], x[3::7])
+        assert store.verify() == []
+    with h5py.File(path, "r") as f:
+        assert f["x"].chunks == (8, 4)
+        assert same(f["x"][()], x)
+
+
+def test_resume_after_sigkill_with_small_chunks(tmp_path: Path) -> None:
+    """A writer of chunks=8 on 16- and 8-byte rows SIGKILLed after its third commit: the store
+    opens with its commits and resume completes it. Sizes are scaled down (4 MiB first
+    allocation, 64 KiB userblock) to keep it fast; listed one by one, its extents would
+    overflow that slot at the first commit."""
+    path = tmp_path / "s.h5"
+    n_batches = 160
+    cfg = {"path": os.fspath(path), "n": n_batches, "known": False, "resume": False}
+    cfg.update(commit=2**12, pause=0.002, width=4, chunks=8, userblock=2**16, initial=2**22)
+    committed, finished = run_writer(cfg, 0.02, commits=3)
+    assert committed >= 0
+    assert not finished
+    x_all, y_all = expected_rows(total_rows(n_batches), width=4)
+    with oocstore.open(path) as store:
+        n = len(store)
+        assert n >= committed
+        assert same(store["x"][:], x_all[:n])
+        assert same(store["y"][:], y_all[:n])
+    cfg["resume"] = True
+    run_writer(cfg, None)
+    with oocstore.open(path) as done:
+        assert done.complete
+        assert same(done["x"][:], x_all)
+        assert same(done["y"][:], y_all)
+        assert done.verify() == []
+
+
+@st.composite
+def extent_lists(draw: st.DrawFn) -> tuple[list[list[int]], int]:
+    """Extents in row order that never overlap in the file, placed as HDF5 places small
+    chunks (repeating sizes and gaps, so runs form), sometimes out of file order."""
+    row = draw(st.sampled_from([1, 16, 24]))
+    n = draw(st.integers(0, 40))
+    sizes = draw(st.lists(st.sampled_from([1, 2, 8, 8, 8]), min_size=n, max_size=n))
+    gaps = draw(st.lists(st.sampled_from([0, 0, 64, 2624, 2624]), min_size=n, max_size=n))
+    slots, at = [], 1 << 20  # (offset, rows) in file order
+    for rows, gap in zip(sizes, gaps, strict=True):
+        slots.append((at, rows))
+        at += rows * row + gap
+    order = list(range(n))
+    if draw(st.booleans()):
+        order = list(draw(st.permutations(order)))
+    event("out of file order" if order != sorted(order) else "in file order")
+    out, first = [], 0
+    for k in order:  # the i-th extent in row order takes file slot order[i]
+        off, rows = slots[k]
+        out.append([first, rows, off])
+        first += rows
+    return out, row
+
+
+def merged(extents: list[list[int]], row: int) -> list[list[int]]:
+    """What the writer keeps of chunks appended one by one: adjacent ones merged."""
+    out: list[list[int]] = []
+    for first, rows, off in extents:
+        if out and out[-1][0] + out[-1][1] == first and out[-1][2] + out[-1][1] * row == off:
+            out[-1][1] += rows
+        else:
+            out.append([first, rows, off])
+    return out
+
+
+@given(extent_lists())
+def test_extents_encode_to_runs_and_back(case: tuple[list[list[int]], int]) -> None:
+    extents, row = case
+    runs = hdf5_backend._encode_runs(extents, row)
+    event(f"{len(runs)} runs" if len(runs) < 3 else "3+ runs")
+    assert [list(e) for e in hdf5_backend._decode_runs(runs)] == extents
+    # The writer appends chunks one at a time and merges adjacent ones into one extent.
+    arr = hdf5_backend._Array("x", np.dtype("u1"), (row,), "chunked", 1)
+    for first, rows, off in extents:
+        arr.add_extent(first, rows, off)
+    want = merged(extents, row)
+    assert [list(e) for e in hdf5_backend._decode_runs(arr.runs)] == want
+    assert arr.covered == sum(rows for _, rows, _ in extents)
+    assert list(arr.pieces(0, arr.covered)) == [(f, f + r, o) for f, r, o in want]
+    if arr.covered > 2:  # a row range inside, cut at both ends
+        lo, hi = 1, arr.covered - 1
+        cut = [(max(f, lo), min(f + r, hi), o + (max(f, lo) - f) * row) for f, r, o in want]
+        assert list(arr.pieces(lo, hi)) == [p for p in cut if p[0] < p[1]]
+    # The record's form validates back to the same runs.
+    manifest: Any = SimpleNamespace(arrays={"x": ArraySpec(np.dtype("u1"), (row,), arr.covered)})
+    info = {"arrays": {"x": {**arr.layout_json(), "rows": arr.covered}}}
+    lays = hdf5_backend._check_layouts(manifest, info, 1 << 40, 4096, "t")
+    assert lays["x"].runs == arr.runs
+
+
+def small_chunked_store(path: Path, x: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An incomplete store of ``x[:2000]`` in 8-row chunks of 16-byte rows, runs in its record
+    (a 4 MiB first allocation instead of 64 MiB, to stay fast)."""
+    monkeypatch.setattr(oocstore.writer, "_INITIAL_BYTES", 2**22)
+    monkeypatch.setattr(oocstore.writer, "_INITIAL_BATCHES", 2**30)
+    w = oocstore.Writer(path, names=("x",), chunks=8, commit_seconds=3600.0)
+    w.append((x[:1000],))
+    w.commit()
+    w.append((x[1000:2000],))
+    w.abort()  # commits and leaves the store incomplete, as a killed writer would
+
+
+def test_records_of_plain_extents_still_open_verify_and_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records written before runs list every extent as ``[first row, rows, offset]``."""
+    path = tmp_path / "s.h5"
+    x = np.random.default_rng(2).random((3000, 4), dtype=np.float32)
+    small_chunked_store(path, x, monkeypatch)
+    doc = json.loads(record_of(path)[1])
+    entry = doc["extra"]["hdf5"]["arrays"]["x"]
+    assert any(len(e) == 5 for e in entry["extents"])
+    entry["extents"] = [
+        [f + k * r, r, o + k * s]
+        for e in entry["extents"]
+        for f, r, o, n, s in [(*e, 1, 0)[:5]]
+        for k in range(n)
+    ]
+    assert len(entry["extents"]) > 100
+    reseal(path, doc)
+    with oocstore.open(path) as store:
+        assert same(store["x"][:], x[:2000])
+        assert store.verify() == []
+    with oocstore.Writer(path, names=("x",), resume=True) as w:
+        assert w.skip == 2000
+        w.append((x,))
+    with oocstore.open(path) as store:
+        assert same(store["x"][:], x)
+        assert store.verify() == []
+
+
+def test_tampered_runs_are_a_corrupt_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "s.h5"
+    x = np.random.default_rng(3).random((3000, 4), dtype=np.float32)
+    small_chunked_store(path, x, monkeypatch)
+    doc = json.loads(record_of(path)[1])
+    extents = doc["extra"]["hdf5"]["arrays"]["x"]["extents"]
+    j = next(i for i, e in enumerate(extents) if len(e) == 5 and e[0] + 2 * e[1] < 2000)
+    run = extents[j]
+    changes = {
+        "count huge": ([j, 3], 2**60, "extents reach row"),
+        "count zero": ([j, 3], 0, "count of extents must be an integer"),
+        "stride negative": ([j, 4], -run[4], "stride must be an integer"),
+        "extents overlapping in the file": ([j, 4], run[1] * 16 - 1, "overlap \\(stride"),
+        "committed rows past the file": ([j, 4], 2**40, "past the end of the file"),
+        "runs overlapping": ([j + 1, 0], extents[j + 1][0] - 8, "extents overlap at row"),
+        "runs apart": ([j + 1, 0], extents[j + 1][0] + 8, "extents leave a gap at row"),
+        "bad entry": ([j], [1, 2, 3, 4], "bad extent"),
+    }
+    for what, (where, value, match) in changes.items():
+        case = tmp_path / f"{what}.h5"
+        shutil.copyfile(path, case)
+        bad = json.loads(json.dumps(doc))
+        parent = bad["extra"]["hdf5"]["arrays"]["x"]["extents"]
+        for k in where[:-1]:
+            parent = parent[k]
+        parent[where[-1]] = value
+        reseal(case, bad)
+        with pytest.raises(oocstore.CorruptStoreError, match=match):
+            oocstore.open(case)
+        if what == "count huge":
+            with pytest.raises(oocstore.CorruptStoreError, match=match):
+                oocstore.Writer(case, names=("x",), resume=True)
+
+
+def test_record_outgrowing_its_slot_names_the_array_and_what_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs that outgrow the slot (here 2-row chunks, a 32 KiB userblock, small growth steps)
+    fail the commit with CommitRecordTooLargeError; the store keeps its last commit, and the
+    chunk size it names fits."""
+    monkeypatch.setattr(hdf5_backend, "USERBLOCK_BYTES", 2**15)
+    monkeypatch.setattr(hdf5_backend, "MIN_GROWTH_BYTES", 2**20)
+    monkeypatch.setattr(oocstore.writer, "_INITIAL_BYTES", 2**20)
+    monkeypatch.setattr(oocstore.writer, "_INITIAL_BATCHES", 2**30)
+    x = np.arange(20_000 * 4, dtype=np.float32).reshape(20_000, 4)
+
+    def write(path: Path, chunks: int) -> int:
+        committed = 0
+        with oocstore.Writer(path, names=("x",), chunks=chunks, commit_seconds=3600.0) as w:
+            for _ in range(8):
+                w.append((x,))
+                w.commit()
+                committed = w.committed
+        return committed
+
+    path = tmp_path / "s.h5"
+    with pytest.raises(oocstore.CommitRecordTooLargeError) as info:
+        write(path, chunks=2)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert err.array == "x"
+    assert err.slot_bytes == (2**15 - hdf5_backend.HEADER_BYTES) // 2 - 32
+    assert err.record_bytes > err.slot_bytes
+    assert err.min_chunk_rows is not None
+    assert err.min_chunk_rows > 2
+    assert err.min_userblock > 2**15
+    text = str(err)
+    for part in ("'x'", f"{err.record_bytes:,}", f"{err.slot_bytes:,}", f"{err.min_userblock:,}"):
+        assert part in text
+    assert f"chunks={err.min_chunk_rows} or more" in text
+    with oocstore.open(path) as store:  # its last commit
+        n = len(store)
+        assert 0 < n < 8 * len(x)
+        assert n % len(x) == 0
+        assert same(store["x"][:], np.concatenate([x] * (n // len(x))))
+    assert write(tmp_path / "fits.h5", chunks=err.min_chunk_rows) == 8 * len(x)
+
+
 # -- processes ----------------------------------------------------------------------------------
 
 WRITER = r"""
 import os, sys, json, numpy as np, oocstore
+import oocstore.writer
+from oocstore.backends import hdf5
 from oocstore.backends.hdf5 import Hdf5Backend
 cfg = json.loads(sys.argv[1])
+width = cfg.get("width", 256)
+hdf5.USERBLOCK_BYTES = cfg.get("userblock", hdf5.USERBLOCK_BYTES)
+if "initial" in cfg:  # a first allocation of exactly this many bytes
+    oocstore.writer._INITIAL_BYTES = cfg["initial"]
+    oocstore.writer._INITIAL_BATCHES = 2**30
 real = Hdf5Backend.write_manifest
 def report(self, manifest):
     real(self, manifest)
@@ -309,14 +591,14 @@ def batches(n_batches):
     for i in range(n_batches):
         n = 1 + (i * 37) % 53
         g = np.arange(start, start + n)
-        yield (g[:, None] * 3 + np.arange(256)).astype(np.float32), g
+        yield (g[:, None] * 3 + np.arange(width)).astype(np.float32), g
         start += n
         if cfg["pause"]:
             import time; time.sleep(cfg["pause"])
 
 length = sum(1 + (i * 37) % 53 for i in range(cfg["n"])) if cfg["known"] else None
 w = oocstore.Writer(cfg["path"], names=("x", "y"), length=length, resume=cfg["resume"],
-                    commit_bytes=cfg["commit"], commit_seconds=3600.0)
+                    commit_bytes=cfg["commit"], commit_seconds=3600.0, chunks=cfg.get("chunks"))
 os.write(1, b"S\n")
 w.extend(batches(cfg["n"]))
 w.close()
@@ -324,26 +606,29 @@ os.write(1, b"D\n")
 """
 
 
-def expected_rows(n: int) -> tuple[np.ndarray, np.ndarray]:
+def expected_rows(n: int, width: int = 256) -> tuple[np.ndarray, np.ndarray]:
     g = np.arange(n)
-    return (g[:, None] * 3 + np.arange(256)).astype(np.float32), g
+    return (g[:, None] * 3 + np.arange(width)).astype(np.float32), g
 
 
 def total_rows(n_batches: int) -> int:
     return sum(1 + (i * 37) % 53 for i in range(n_batches))
 
 
-def run_writer(cfg: dict[str, Any], kill_after: float | None) -> tuple[int, bool]:
-    """Run a writer process; SIGKILL it ``kill_after`` seconds after it holds the store."""
+def run_writer(cfg: dict[str, Any], kill_after: float | None, commits: int = 0) -> tuple[int, bool]:
+    """Run a writer process; SIGKILL it ``kill_after`` seconds after it holds the store (and
+    reported ``commits`` commits)."""
     with subprocess.Popen(
         [sys.executable, "-c", WRITER, json.dumps(cfg)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as proc:
-        return _follow(proc, kill_after)
+        return _follow(proc, kill_after, commits)
 
 
-def _follow(proc: subprocess.Popen[bytes], kill_after: float | None) -> tuple[int, bool]:
+def _follow(
+    proc: subprocess.Popen[bytes], kill_after: float | None, commits: int = 0
+) -> tuple[int, bool]:
     assert proc.stdout is not None
     assert proc.stderr is not None
     out = b""
@@ -353,7 +638,8 @@ def _follow(proc: subprocess.Popen[bytes], kill_after: float | None) -> tuple[in
         ready, _, _ = select.select([proc.stdout], [], [], 0.005)
         if ready:
             out += os.read(proc.stdout.fileno(), 65536)
-        if kill_at is None and b"S\n" in out and kill_after is not None:
+        started = b"S\n" in out and out.count(b"M ") >= commits
+        if kill_at is None and started and kill_after is not None:
             kill_at = time.monotonic() + kill_after
         if kill_at is not None and time.monotonic() >= kill_at:
             proc.send_signal(signal.SIGKILL)

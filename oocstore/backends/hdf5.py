@@ -55,6 +55,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import itertools
 import logging
 import math
 import os
@@ -72,7 +73,13 @@ import numpy as np
 
 from .._direct import DirectWriter
 from .._durable import fsync_dir, fsync_fd, open_nofollow, preallocate, pwrite_all
-from ..errors import CorruptStoreError, DiskFullError, SchemaError, UnsupportedDtypeError
+from ..errors import (
+    CommitRecordTooLargeError,
+    CorruptStoreError,
+    DiskFullError,
+    SchemaError,
+    UnsupportedDtypeError,
+)
 from ..manifest import ArraySpec, Manifest
 from ._lazy import LazyArray
 from .base import ArrayReader, Backend, BackendOptions, FileRegionWriter, RegionWriter
@@ -108,7 +115,7 @@ MIN_GROWTH_BYTES = 16 * 2**20
 MAX_GROWTH_BYTES = 2**30
 SPACE_MARGIN = 8 * 2**20
 """Free space kept for HDF5's own metadata: h5py on a full disk raises RuntimeError and can
-crash at exit (issue 8), so oocstore refuses to grow before HDF5 could hit ENOSPC."""
+crash at exit, so oocstore refuses to grow before HDF5 could hit ENOSPC."""
 MAX_EXTENTS = 16_384  # each is one mapping for readers; real stores have a few dozen
 
 _MAGIC = b"\x89OOCSTORE-HDF5\r\n"
@@ -171,6 +178,78 @@ def _stored_dtype(dset: h5py.Dataset) -> np.dtype[Any]:
     return np.dtype(base) if isinstance(base, np.dtype) else dt
 
 
+# -- extents ----------------------------------------------------------------------------------
+#
+# An *extent* is ``[first row, rows, file offset]``: rows that lie end to end in the file. A *run*
+# is ``[first row, rows, file offset, count, stride]``: ``count`` extents of ``rows`` rows each,
+# the k-th at row ``first + k * rows`` and file offset ``offset + k * stride``. HDF5 does not
+# place small chunks end to end: it puts its chunk index's B-tree nodes between them (measured,
+# HDF5 2.0.0, 128-byte chunks: 57 chunks, a 2,624-byte node, 57 chunks..., 9,198 extents for
+# 4M rows of 16 bytes, a 558 KB record); as runs, the same rows take 164 entries.
+# The record lists runs, a run of one extent written as the extent itself (what records
+# written before runs hold); the writer and readers keep runs and never expand them.
+
+Run = list[int]
+"""``[first row, rows, file offset, count, stride]``."""
+
+
+def _append_extent(runs: list[Run], first: int, rows: int, offset: int, row_nbytes: int) -> None:
+    """Append an extent to ``runs``: one more of the last run's when it continues that run."""
+    if runs:
+        f, r, o, n, s = runs[-1]
+        if r == rows and f + n * r == first:
+            if n == 1 and offset - o >= r * row_nbytes:
+                runs[-1][3:] = [2, offset - o]
+                return
+            if n > 1 and offset - (o + (n - 1) * s) == s:
+                runs[-1][3] = n + 1
+                return
+    runs.append([first, rows, offset, 1, 0])
+
+
+def _encode_runs(extents: Sequence[Sequence[int]], row_nbytes: int) -> list[Run]:
+    """Runs holding ``extents`` (in row order) exactly: decoding gives them back."""
+    runs: list[Run] = []
+    for first, rows, offset in extents:
+        _append_extent(runs, first, rows, offset, row_nbytes)
+    return runs
+
+
+def _decode_runs(runs: Sequence[Run]) -> Iterator[tuple[int, int, int]]:
+    """The extents of ``runs``, one by one (tests and small arrays; readers never expand)."""
+    for f, r, o, n, s in runs:
+        for k in range(n):
+            yield f + k * r, r, o + k * s
+
+
+def _runs_json(runs: Sequence[Run]) -> list[list[int]]:
+    """Runs as the record lists them: a run of one extent as ``[first, rows, offset]``."""
+    return [run[:3] if run[3] == 1 else list(run) for run in runs]
+
+
+def _first_row(run: Run) -> int:
+    return run[0]
+
+
+def _cut_runs(runs: Sequence[Run], stop: int) -> list[Run]:
+    """``runs`` without the rows from ``stop`` on."""
+    out: list[Run] = []
+    for f, r, o, n, s in runs:
+        if f >= stop:
+            break
+        whole, rest = divmod(min(n * r, stop - f), r)
+        if whole:
+            out.append([f, r, o, whole, s if whole > 1 else 0])
+        if rest:
+            out.append([f + whole * r, rest, o + whole * s, 1, 0])
+    return out
+
+
+def _runs_end(runs: Sequence[Run]) -> int:
+    """The row after the last one ``runs`` cover."""
+    return runs[-1][0] + runs[-1][1] * runs[-1][3] if runs else 0
+
+
 # -- the commit record ------------------------------------------------------------------------
 
 
@@ -181,7 +260,7 @@ class _Layout:
     layout: str  # "contiguous", "chunked" or "empty" (rows of zero bytes)
     rows: int  # rows with storage (the dataset's length in HDF5)
     chunk_rows: int = 0
-    extents: list[list[int]] = field(default_factory=list)  # [first row, rows, file offset]
+    runs: list[Run] = field(default_factory=list)  # in row order
 
 
 def _header_bytes(userblock: int) -> bytes:
@@ -281,35 +360,75 @@ def _check_layouts(
         extents = entry.get("extents")
         if not isinstance(extents, list) or len(extents) > MAX_EXTENTS:
             raise CorruptStoreError(where, f"array {name!r}: bad extents")
+        if kind == "empty" and spec.row_nbytes:
+            msg = f"array {name!r}: rows of {spec.row_nbytes} bytes marked empty"
+            raise CorruptStoreError(where, msg)
         lay = _Layout(kind, rows, chunk_rows)
-        row = spec.row_nbytes
+        # Rows with storage: a chunked array's last chunk may reach past ``rows``, no further.
+        unit = max(chunk_rows, 1)
+        stored = -(-max(rows, spec.length) // unit) * unit
         pos = 0
         for ext in extents:
-            if not isinstance(ext, list) or len(ext) != 3:
-                raise CorruptStoreError(where, f"array {name!r}: bad extent {ext!r:.60}")
-            first = _int(ext[0], "an extent's first row", where)
-            n = _int(ext[1], "an extent's rows", where, 1)
-            off = _int(ext[2], "an extent's offset", where, userblock)
-            if first != pos:
-                raise CorruptStoreError(where, f"array {name!r}: extents leave a gap at {pos}")
-            used = max(min(n, spec.length - first), 0)
-            if off + used * row > size:
-                raise CorruptStoreError(
-                    where,
-                    f"array {name!r}: rows {first}..{first + used} lie past the end of the "
-                    f"file ({size:,} bytes); was it truncated?",
-                )
-            lay.extents.append([first, n, off])
-            pos += n
-        if kind == "empty" and row:
-            raise CorruptStoreError(where, f"array {name!r}: rows of {row} bytes marked empty")
-        if row and pos < spec.length:
+            lay.runs.append(_check_run(ext, name, spec, pos, stored, size, userblock, where))
+            pos = _runs_end(lay.runs)
+        if spec.row_nbytes and pos < spec.length:
             raise CorruptStoreError(
                 where,
                 f"array {name!r}: extents hold {pos} rows, the manifest commits {spec.length}",
             )
         out[name] = lay
     return out
+
+
+def _check_run(
+    ext: Any,
+    name: str,
+    spec: ArraySpec,
+    pos: int,
+    stored: int,
+    size: int,
+    userblock: int,
+    where: str,
+) -> Run:
+    """One validated run of the record: an extent ``[first, rows, offset]`` or a run
+    ``[first, rows, offset, count, stride]`` starting at row ``pos``, its committed rows
+    inside the file. Nothing is expanded: a tampered ``count`` costs no memory."""
+    if not isinstance(ext, list) or len(ext) not in (3, 5):
+        raise CorruptStoreError(where, f"array {name!r}: bad extent {ext!r:.60}")
+    first = _int(ext[0], "an extent's first row", where)
+    n = _int(ext[1], "an extent's rows", where, 1)
+    off = _int(ext[2], "an extent's offset", where, userblock)
+    count, stride = 1, 0
+    if len(ext) == 5:
+        count = _int(ext[3], "a run's count of extents", where, 1)
+        stride = _int(ext[4], "a run's stride", where)
+        if count > 1 and stride < n * spec.row_nbytes:
+            raise CorruptStoreError(
+                where,
+                f"array {name!r}: a run's extents of {n * spec.row_nbytes:,} bytes overlap "
+                f"(stride {stride:,})",
+            )
+    if first != pos:
+        problem = "leave a gap" if first > pos else "overlap"
+        raise CorruptStoreError(where, f"array {name!r}: extents {problem} at row {pos}")
+    end = first + count * n
+    if end > stored:
+        raise CorruptStoreError(
+            where,
+            f"array {name!r}: extents reach row {end:,}, past the {stored:,} rows it has "
+            "storage for",
+        )
+    used = min(end, spec.length) - first
+    if used > 0:
+        k = (used - 1) // n  # the last extent holding committed rows
+        last = off + k * stride + (used - k * n) * spec.row_nbytes
+        if last > size:
+            raise CorruptStoreError(
+                where,
+                f"array {name!r}: rows {first}..{first + used} lie past the end of the "
+                f"file ({size:,} bytes); was it truncated?",
+            )
+    return [first, n, off, count, stride if count > 1 else 0]
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -357,29 +476,70 @@ def _open_read(path: Path) -> int:
 
 
 class ExtentArray(LazyArray):
-    """Committed rows that lie in several runs of the file: each run mapped, rows copied out."""
+    """Committed rows that lie in several runs of the file: each run mapped, rows copied out.
+
+    A piece is ``(first row, blocks)``: ``blocks`` has shape ``(extents, rows, *row shape)``,
+    equal extents at a constant stride viewed in one mapping of the file.
+    """
 
     def __init__(
         self,
         shape: tuple[int, ...],
         dtype: np.dtype[Any],
         pieces: Sequence[tuple[int, np.ndarray]],
+        maps: Sequence[np.memmap] = (),
     ) -> None:
         super().__init__(shape, dtype)
         self._starts = [first for first, _ in pieces]
-        self._maps = [mm for _, mm in pieces]
+        self._blocks = [blocks for _, blocks in pieces]
+        self._mmaps = list(maps)
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         out = np.empty((stop - start, *self._shape[1:]), dtype=self._dtype)
         k = max(bisect.bisect_right(self._starts, start) - 1, 0)
         pos = start
         while pos < stop:
-            first, mm = self._starts[k], self._maps[k]
-            end = min(stop, first + len(mm))
-            out[pos - start : end - start] = mm[pos - first : end - first]
+            first, blocks = self._starts[k], self._blocks[k]
+            rows = blocks.shape[1]
+            end = min(stop, first + blocks.shape[0] * rows)
+            lo, hi = pos - first, end - first
+            i, j = lo // rows, -(-hi // rows)
+            # One extent is a view; several are copied once into one C-ordered block.
+            part = blocks[i:j].reshape(-1, *self._shape[1:])
+            out[pos - start : end - start] = part[lo - i * rows : hi - i * rows]
             pos = end
             k += 1
         return out
+
+
+def _run_pieces(
+    f: Any, name: str, spec: ArraySpec, run: Run, where: str
+) -> tuple[list[tuple[int, np.ndarray]], np.memmap | None]:
+    """The committed rows of one run as ``ExtentArray`` pieces, in one mapping of the file."""
+    first, rows, off, count, stride = run
+    used = min(count * rows, spec.length - first)
+    if used <= 0:
+        return [], None
+    row = spec.row_nbytes
+    whole, tail = divmod(used, rows)
+    span = max((whole - 1) * stride + rows * row if whole else 0, whole * stride + tail * row)
+    try:
+        mm = np.memmap(f, dtype=np.uint8, mode="r", offset=off, shape=(span,))
+    except (OSError, ValueError, OverflowError) as err:
+        raise CorruptStoreError(where, f"cannot map {name!r} ({err})") from None
+    inner = [row]  # strides of a row, then of its own axes (C order)
+    for dim in spec.shape:
+        inner.append(inner[-1] // dim)
+    pieces = []
+    if whole:
+        shape = (whole, rows, *spec.shape)
+        step = stride if whole > 1 else rows * row
+        pieces.append((first, np.ndarray(shape, spec.dtype, mm, 0, (step, *inner))))
+    if tail:
+        shape = (1, tail, *spec.shape)
+        at = whole * stride
+        pieces.append((first + whole * rows, np.ndarray(shape, spec.dtype, mm, at, (0, *inner))))
+    return pieces, mm
 
 
 class _DatasetArray(LazyArray):
@@ -426,37 +586,51 @@ class _Array:
         self.chunk_rows = chunk_rows if self.layout == "chunked" else 0
         self.allocated = 0  # rows with storage: the dataset's length in HDF5
         self.requested = 0  # rows the writer reserved; chunked arrays grow to it in steps
-        self.extents: list[list[int]] = []  # [first row, rows, file offset], in row order
+        self.runs: list[Run] = []  # where rows ``[0, covered)`` are, in row order
 
     @property
     def covered(self) -> int:
         """Rows the extents cover (a chunked array's last chunk may reach past ``allocated``)."""
-        return self.extents[-1][0] + self.extents[-1][1] if self.extents else 0
+        return _runs_end(self.runs)
 
     def add_extent(self, first: int, rows: int, offset: int) -> None:
-        """Append rows at ``offset``, merging with the last run when they are adjacent."""
-        if self.extents:
-            last = self.extents[-1]
-            if last[0] + last[1] == first and last[2] + last[1] * self.row_nbytes == offset:
-                last[1] += rows
+        """Append rows at ``offset``: they lengthen the last extent when adjacent to it, and an
+        extent that ended joins the run before it when it repeats that run's extents."""
+        runs, row = self.runs, self.row_nbytes
+        if runs:
+            f, r, o, n, s = runs[-1]
+            last, at = f + (n - 1) * r, o + (n - 1) * s
+            if last + r == first and at + r * row == offset:
+                if n == 1:
+                    runs[-1][1] += rows
+                    return
+                # Only a run read from a record ends in several extents: split its last one.
+                runs[-1][3:] = [n - 1, s if n > 2 else 0]
+                runs.append([last, r + rows, at, 1, 0])
                 return
-        self.extents.append([first, rows, offset])
+            if n == 1 and len(runs) > 1:
+                runs.pop()  # it ended: it may repeat the run before
+                _append_extent(runs, f, r, o, row)
+        runs.append([first, rows, offset, 1, 0])
 
     def pieces(self, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
         """``(first row, end row, file offset of first row)`` runs covering ``[start, stop)``."""
         if stop <= start:
             return
-        k = max(bisect.bisect_right([e[0] for e in self.extents], start) - 1, 0)
+        runs, row = self.runs, self.row_nbytes
+        k = max(bisect.bisect_right(runs, start, key=_first_row) - 1, 0)
         pos = start
         while pos < stop:
-            if k >= len(self.extents):
+            if k >= len(runs) or pos < runs[k][0]:
                 msg = f"rows {pos}..{stop} of {self.name!r} have no storage"
                 raise IndexError(msg)
-            first, rows, off = self.extents[k]
-            end = min(stop, first + rows)
-            if end > pos:
-                yield pos, end, off + (pos - first) * self.row_nbytes
+            f, r, o, n, s = runs[k]
+            j = (pos - f) // r
+            while pos < stop and j < n:
+                end = min(stop, f + (j + 1) * r)
+                yield pos, end, o + j * s + (pos - f - j * r) * row
                 pos = end
+                j += 1
             k += 1
 
     def layout_json(self) -> dict[str, Any]:
@@ -464,7 +638,7 @@ class _Array:
         out: dict[str, Any] = {"layout": self.layout, "rows": self.allocated}
         if self.layout == "chunked":
             out["chunk_rows"] = self.chunk_rows
-        out["extents"] = [list(e) for e in self.extents]
+        out["extents"] = _runs_json(self.runs)
         return out
 
 
@@ -648,7 +822,7 @@ class Hdf5Backend(Backend):
                         "layout": lay.layout,
                         "rows": lay.rows,
                         "chunk_rows": lay.chunk_rows,
-                        "extents": lay.extents,
+                        "extents": lay.runs,
                     }
                     for name, lay in layouts.items()
                 },
@@ -716,22 +890,27 @@ class Hdf5Backend(Backend):
                 if spec.length == 0 or spec.row_nbytes == 0:
                     out[name] = _empty(spec)
                     continue
-                pieces = []
-                for first, rows, off in lay.extents:
-                    n = min(rows, spec.length - first)
-                    if n <= 0:
-                        break
+                run = lay.runs[0]
+                if run[1] >= spec.length:  # one extent holds every committed row
                     try:
-                        mm = np.memmap(
-                            f, dtype=spec.dtype, mode="r", offset=off, shape=(n, *spec.shape)
+                        out[name] = np.memmap(
+                            f,
+                            dtype=spec.dtype,
+                            mode="r",
+                            offset=run[2],
+                            shape=(spec.length, *spec.shape),
                         )
                     except (OSError, ValueError, OverflowError) as err:
                         raise CorruptStoreError(where, f"cannot map {name!r} ({err})") from None
-                    pieces.append((first, mm))
-                if len(pieces) == 1:
-                    out[name] = pieces[0][1]
-                else:
-                    out[name] = ExtentArray((spec.length, *spec.shape), spec.dtype, pieces)
+                    continue
+                pieces, maps = [], []
+                for run in lay.runs:
+                    got, mm = _run_pieces(f, name, spec, run, where)
+                    if mm is None:
+                        break
+                    pieces += got
+                    maps.append(mm)
+                out[name] = ExtentArray((spec.length, *spec.shape), spec.dtype, pieces, maps)
         return out
 
     @classmethod
@@ -948,7 +1127,7 @@ class Hdf5Backend(Backend):
         arr.allocated = arr.requested = rows
         f.arrays[arr.name] = arr
         if nbytes and offset is not None:
-            arr.extents = [[0, rows, int(offset)]]
+            arr.runs = [[0, rows, int(offset), 1, 0]]
         self._meta_dirty = True
 
     def _grow(self, f: _File, arr: _Array, need: int, want: int) -> None:
@@ -958,7 +1137,7 @@ class Hdf5Backend(Backend):
         step = min(max(old * arr.row_nbytes // 8, MIN_GROWTH_BYTES), MAX_GROWTH_BYTES)
         new = max(need, min(want, old + max(step // arr.row_nbytes, 1)))
         new = -(-new // c) * c
-        first_chunk = -(-arr.covered // c) if arr.extents else -(-old // c)
+        first_chunk = -(-arr.covered // c) if arr.runs else -(-old // c)
         self._check_space((new - first_chunk * c) * arr.row_nbytes, f.path)
         with _writing(f.path, f"growing {arr.name!r}"):
             dset = f.h5[arr.name]
@@ -1117,7 +1296,7 @@ class Hdf5Backend(Backend):
             # The extents now cover [0, stop): they never move while the writer runs.
             copy = _Array(arr.name, arr.dtype, arr.shape, arr.layout, arr.chunk_rows)
             copy.allocated = arr.allocated
-            copy.extents = [list(e) for e in arr.extents]
+            copy.runs = [list(run) for run in arr.runs]
         return Hdf5RegionWriter(name, f.path, copy)
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -1172,8 +1351,9 @@ class Hdf5Backend(Backend):
         f.drain()
         fsync_fd(f.fd, f.path)
 
-    def _record(self, f: _File, manifest: Manifest) -> bytes:
-        """The manifest with this file's extents, as the commit record's JSON."""
+    def _record(self, f: _File, manifest: Manifest, *, extents: bool = True) -> bytes:
+        """The manifest with this file's extents, as the commit record's JSON (``extents=False``:
+        with none, to measure what they take)."""
         arrays = {}
         for name in manifest.arrays:
             arr = f.arrays.get(name)
@@ -1181,6 +1361,8 @@ class Hdf5Backend(Backend):
                 msg = f"the manifest names {name!r}, which this writer has not created"
                 raise CorruptStoreError(os.fspath(f.path), msg)
             arrays[name] = arr.layout_json()
+            if not extents:
+                arrays[name]["extents"] = []
         extra = {k: v for k, v in manifest.extra.items() if k != "hdf5"}
         extra["hdf5"] = {"version": _LAYOUT_VERSION, "arrays": arrays}
         return replace(manifest, extra=extra).dumps()
@@ -1213,12 +1395,7 @@ class Hdf5Backend(Backend):
         """The record for ``manifest``, and whether the file needs an fdatasync before it."""
         payload = self._record(f, manifest)
         if len(payload) + _SLOT.size > f.slot:
-            msg = (
-                f"the manifest is {len(payload):,} bytes, more than the HDF5 commit slot holds "
-                f"({f.slot - _SLOT.size:,}); create the store with a larger "
-                "BackendOptions.extra['userblock']"
-            )
-            raise ValueError(msg)
+            raise self._too_large(f, manifest, len(payload))
         if attribute:
             # The attribute mirrors the record for plain HDF5 readers; it is written only when
             # HDF5 metadata changes anyway (or at the end), to keep metadata writes rare.
@@ -1235,6 +1412,34 @@ class Hdf5Backend(Backend):
         flush = attribute or self._unsynced
         self._unsynced = False
         return payload, flush
+
+    def _too_large(self, f: _File, manifest: Manifest, size: int) -> CommitRecordTooLargeError:
+        """The error for a record of ``size`` bytes that its slot cannot hold: the array with
+        the most runs, and what chunk size or userblock would fit the record."""
+        slot = f.slot - _SLOT.size
+        arr = max((f.arrays[name] for name in manifest.arrays), key=lambda a: len(a.runs))
+        userblock = 2 * HEADER_BYTES
+        while (userblock - HEADER_BYTES) // 2 - _SLOT.size < size:
+            userblock *= 2
+        # Runs come from HDF5's index nodes between chunks: about one per so many chunks, so
+        # chunks k times larger make about k times fewer (measured: 164 runs at 8 rows per
+        # chunk, 43 at 32, for 4M rows of 16 bytes). Rounded up to a power of two: room to grow.
+        share = size - len(self._record(f, manifest, extents=False))
+        excess = size - slot
+        min_rows = None
+        if arr.layout == "chunked" and share > excess:
+            need = -(-arr.chunk_rows * share // (share - excess))
+            min_rows = 1 << (need - 1).bit_length()
+        return CommitRecordTooLargeError(
+            os.fspath(self.root),
+            array=arr.name,
+            runs=len(arr.runs),
+            record_bytes=size,
+            slot_bytes=slot,
+            chunk_rows=arr.chunk_rows,
+            min_chunk_rows=min_rows,
+            min_userblock=userblock,
+        )
 
     def _publish(self, f: _File, payload: bytes, flush: bool) -> None:
         """The commit point: the next slot, durable, after the data it declares."""
@@ -1298,9 +1503,7 @@ class Hdf5Backend(Backend):
                         f.h5[name].resize(n, axis=0)
                         arr.allocated = arr.requested = n
                         keep = -(-n // arr.chunk_rows) * arr.chunk_rows
-                        arr.extents = [
-                            [a, min(r, keep - a), o] for a, r, o in arr.extents if a < keep
-                        ]
+                        arr.runs = _cut_runs(arr.runs, keep)
                 f.h5.flush()
             self._meta_dirty = True
 
@@ -1431,7 +1634,7 @@ class Hdf5Backend(Backend):
         for name, spec in manifest.arrays.items():
             lay = layouts[name]
             arr = _Array(name, spec.dtype, spec.shape, lay.layout, lay.chunk_rows)
-            arr.extents = [list(e) for e in lay.extents]
+            arr.runs = [list(run) for run in lay.runs]
             arr.allocated = lay.rows
             src.arrays[name] = arr
         lengths = {name: spec.length for name, spec in manifest.arrays.items()}
@@ -1608,7 +1811,7 @@ def _match(dset: Any, name: str, spec: ArraySpec, lay: _Layout) -> tuple[_Array 
         if lay.layout != "contiguous" or (arr.allocated and off is None):
             return None, f"{name!r} is contiguous, the record says {lay.layout}"
         if off is not None:
-            arr.extents = [[0, arr.allocated, int(off)]]
+            arr.runs = [[0, arr.allocated, int(off), 1, 0]]
     else:
         c = dset.chunks[0]
         if lay.layout != "chunked" or c != lay.chunk_rows or dset.chunks[1:] != spec.shape:
@@ -1627,13 +1830,13 @@ def _match(dset: Any, name: str, spec: ArraySpec, lay: _Layout) -> tuple[_Array 
 def _same_rows(arr: _Array, lay: _Layout, length: int) -> bool:
     """Do ``arr``'s extents put rows ``[0, length)`` where the record's extents do?"""
     ref = _Array(arr.name, arr.dtype, arr.shape, lay.layout, lay.chunk_rows)
-    ref.extents = lay.extents
+    ref.runs = lay.runs
+    mine = ((lo, off) for lo, _, off in arr.pieces(0, length))
+    theirs = ((lo, off) for lo, _, off in ref.pieces(0, length))
     try:
-        mine = [(lo, off) for lo, _, off in arr.pieces(0, length)]
-        theirs = [(lo, off) for lo, _, off in ref.pieces(0, length)]
+        return all(a == b for a, b in itertools.zip_longest(mine, theirs))
     except IndexError:
         return False
-    return mine == theirs
 
 
 def _copy_rows(src_fd: int, src: _Array, dst_fd: int, dst: _Array, rows: int, path: Path) -> None:
