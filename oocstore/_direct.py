@@ -21,14 +21,15 @@ import contextlib
 import mmap
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from ._durable import pwrite_all
+from ._durable import fsync_fd, pwrite_all
 
-__all__ = ["ALIGN", "BUFFER_BYTES", "DIRECT_AFTER", "DirectWriter"]
+__all__ = ["ALIGN", "BUFFER_BYTES", "DIRECT_AFTER", "PROBE_BYTES", "DirectWriter"]
 
 ALIGN = 4096
 """Offsets, lengths and buffer addresses of direct writes are multiples of this."""
@@ -36,6 +37,16 @@ BUFFER_BYTES = 8 * 2**20
 """Bytes per buffer (two per file written directly)."""
 DIRECT_AFTER = 16 * 2**20
 """Sequential bytes written buffered before a file goes direct: small arrays never do."""
+PROBE_BYTES = 16 * 2**20
+"""Bytes of one timed slice of a long run; slices alternate direct and buffered."""
+PROBE_SLICES = 4
+"""Slices timed each way (alternating, so growth or a busy moment falls on both) before the
+faster way is kept. A first direct slice, untimed, opens the descriptor, buffers and thread."""
+REPROBE_BYTES = 4 * 2**30
+"""Bytes written the chosen way before both are timed again (a shared disk's speed drifts)."""
+BUFFERED_MARGIN = 0.8
+"""Buffered writing is kept only if it took less than this share of direct's time: direct
+also keeps the page cache for other uses, so a tie goes to it."""
 
 
 def _as_bytes(data: np.ndarray | bytes | memoryview) -> memoryview:
@@ -70,6 +81,15 @@ class DirectWriter:
         self._next = -1  # where the next write continues a sequential run
         self._run = 0  # bytes in the current sequential run
         self._pool: ThreadPoolExecutor | None = None
+        # Which way the disk rewards, timed on the run itself: None until both are timed.
+        self.choice: str | None = None
+        """``"direct"`` or ``"buffered"`` once both were timed on a long run; else None."""
+        self._probe = ""  # "direct" or "buffered" while a slice of that way is timed
+        self._probe_t0 = 0.0  # when the slice began
+        self._probe_bytes = 0  # bytes of the slice so far
+        self._seconds = {"direct": 0.0, "buffered": 0.0}  # timed slices, summed per way
+        self._slices = 0
+        self._chosen_bytes = 0  # written since the choice
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -86,10 +106,15 @@ class DirectWriter:
                 for f in self._busy:  # no buffered write may overtake a queued direct one
                     if f is not None:
                         f.result()
-                self._run = self._run + n if offset == self._next else n
+                sequential = offset == self._next
+                self._run = self._run + n if sequential else n
                 self._next = offset + n
-                if self._run < self.after or not self._open_direct():
+                if not sequential and self._probe:
+                    self._probe = ""  # the run broke: time the next one afresh
+                if self._run < self.after or not self._wants_direct() or not self._open_direct():
                     pwrite_all(self.fd, view, offset, self.path)
+                    if self._run >= self.after:
+                        self._count_buffered(n)
                     return
                 head = -offset % ALIGN
                 if head >= n:  # all of it before the next page: the run ends where it ends
@@ -110,6 +135,64 @@ class DirectWriter:
                 pos += take
                 if self._fill == len(buf):
                     self._submit(self._fill)
+            self._count_direct(n)
+
+    # -- choosing the way the disk rewards -----------------------------------------------------
+
+    def _wants_direct(self) -> bool:
+        """Should the next bytes of a long run go direct? Starts a timing where none runs."""
+        if self.choice is not None:
+            return self.choice == "direct"
+        if not self._probe:
+            self._seconds = {"direct": 0.0, "buffered": 0.0}
+            self._slices = -1  # the first slice warms up
+            self._start_slice("direct")
+        return self._probe == "direct"
+
+    def _start_slice(self, way: str) -> None:
+        self._probe, self._probe_t0, self._probe_bytes = way, time.perf_counter(), 0
+
+    def _count_direct(self, n: int) -> None:
+        """Bytes of the run copied for direct writing; ends a direct slice when due."""
+        if self._probe != "direct":
+            self._count_chosen(n)
+            return
+        self._probe_bytes += n
+        if self._probe_bytes >= PROBE_BYTES:
+            self._end_buffer()  # every byte of the slice in the file
+            for f in self._busy:
+                if f is not None:
+                    f.result()
+            self._end_slice()
+
+    def _count_buffered(self, n: int) -> None:
+        """Bytes of a long run written buffered; ends a buffered slice when due."""
+        if self._probe != "buffered":
+            self._count_chosen(n)
+            return
+        self._probe_bytes += n
+        if self._probe_bytes >= PROBE_BYTES:
+            fsync_fd(self.fd, self.path)  # buffered bytes cost nothing until written back
+            self._end_slice()
+
+    def _end_slice(self) -> None:
+        way = self._probe
+        if self._slices >= 0:
+            self._seconds[way] += time.perf_counter() - self._probe_t0
+        self._slices += 1
+        if self._slices < 2 * PROBE_SLICES:
+            self._start_slice("buffered" if way == "direct" else "direct")
+            return
+        faster = self._seconds["buffered"] < BUFFERED_MARGIN * self._seconds["direct"]
+        self.choice = "buffered" if faster else "direct"
+        self._probe, self._chosen_bytes = "", 0
+
+    def _count_chosen(self, n: int) -> None:
+        if self.choice is None:
+            return
+        self._chosen_bytes += n
+        if self._chosen_bytes >= REPROBE_BYTES:
+            self.choice = None  # time both again on the bytes to come
 
     def _open_direct(self) -> bool:
         if self._dfd is not None:

@@ -294,13 +294,16 @@ class DirectWriterModel(RuleBasedStateMachine):
     @initialize(
         direct_after=st.sampled_from([0, 1, 6000, 40_000]),
         buffer_pages=st.sampled_from([3, 1, 8]),
+        probe=st.sampled_from([2**40, 9000, 30_000]),  # never, or timings mid-model
         first=write_sizes,
     )
-    def configure(self, direct_after: int, buffer_pages: int, first: int) -> None:
+    def configure(self, direct_after: int, buffer_pages: int, probe: int, first: int) -> None:
         # The test function's monkeypatch restores them. DIRECT_AFTER is read when the
         # writer is made: make it after.
         _direct.DIRECT_AFTER = direct_after
         _direct.BUFFER_BYTES = buffer_pages * ALIGN
+        _direct.PROBE_BYTES = probe
+        _direct.REPROBE_BYTES = 3 * probe
         self._writer = DirectWriter(self.fd, self.path)
         # Every example writes (hypothesis makes many with few steps).
         self.append(first, "bytes")
@@ -425,6 +428,8 @@ def test_model_file_equals_bytearray(
     need_direct_io(tmp_path)
     monkeypatch.setattr(_direct, "DIRECT_AFTER", 0)  # set per example; restored at the end
     monkeypatch.setattr(_direct, "BUFFER_BYTES", 3 * ALIGN)
+    monkeypatch.setattr(_direct, "PROBE_BYTES", _direct.PROBE_BYTES)
+    monkeypatch.setattr(_direct, "REPROBE_BYTES", _direct.REPROBE_BYTES)
     # Direct writes run as late as allowed, deterministically; real helper threads are
     # tested by test_commit_thread_marks_while_the_writer_appends and the npy tests.
     monkeypatch.setattr(_direct, "ThreadPoolExecutor", LazyPool)
@@ -546,6 +551,99 @@ def test_short_files_never_go_direct(tmp_path: Path, spy: PwriteSpy) -> None:
     writer.close()
     assert writer._dfd is None
     assert not spy.direct()
+    assert_same(path.read_bytes(), data, "after close()")
+    os.close(fd)
+
+
+# -- choosing the way the disk rewards --------------------------------------------------------
+
+
+def _long_run(path: Path, writer: DirectWriter, nbytes: int, step: int = 5000) -> bytes:
+    data = random_bytes(nbytes, seed=3)
+    for pos in range(0, nbytes, step):
+        writer.pwrite(data[pos : pos + step], pos)
+    writer.drain()
+    return data
+
+
+@pytest.fixture
+def probing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Direct at once, through buffers of three pages; slices of 15 kB timed each way."""
+    monkeypatch.setattr(_direct, "DIRECT_AFTER", 0)
+    monkeypatch.setattr(_direct, "BUFFER_BYTES", 3 * ALIGN)
+    monkeypatch.setattr(_direct, "PROBE_BYTES", 15_000)
+
+
+@pytest.mark.usefixtures("probing")
+def test_a_disk_slow_at_direct_writes_gets_buffered_ones(tmp_path: Path, spy: PwriteSpy) -> None:
+    need_direct_io(tmp_path)
+    spy.delay = 0.01  # each direct write of 12 KiB: 10 ms (1.2 MB/s); buffered ones fly
+    path = tmp_path / "f.bin"
+    fd = new_file(path)
+    writer = DirectWriter(fd, path)
+    data = _long_run(path, writer, 400_000)
+    assert writer.choice == "buffered"
+    direct = spy.direct()
+    assert direct, "the direct way was never timed"
+    last_direct = max(off + n for _, off, n in direct)
+    assert last_direct <= 9 * 15_000 + 20_000  # after the warm-up and 8 timed slices, none
+    assert spy.buffered()[-1][1] > 300_000
+    writer.close()
+    assert_same(path.read_bytes(), data, "after close()")
+    os.close(fd)
+
+
+@pytest.mark.usefixtures("probing")
+def test_a_disk_slow_at_writeback_keeps_direct_writes(
+    tmp_path: Path, spy: PwriteSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need_direct_io(tmp_path)
+    real = _direct.fsync_fd
+    monkeypatch.setattr(_direct, "fsync_fd", lambda fd, p: (time.sleep(0.2), real(fd, p)))
+    path = tmp_path / "f.bin"
+    fd = new_file(path)
+    writer = DirectWriter(fd, path)
+    data = _long_run(path, writer, 400_000)
+    assert writer.choice == "direct"
+    assert max(off + n for _, off, n in spy.direct()) > 300_000  # direct to the end
+    writer.close()
+    assert_same(path.read_bytes(), data, "after close()")
+    os.close(fd)
+
+
+@pytest.mark.usefixtures("probing")
+def test_both_ways_are_timed_again_after_reprobe_bytes(
+    tmp_path: Path, spy: PwriteSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need_direct_io(tmp_path)
+    monkeypatch.setattr(_direct, "REPROBE_BYTES", 100_000)
+    spy.delay = 0.01
+    path = tmp_path / "f.bin"
+    fd = new_file(path)
+    writer = DirectWriter(fd, path)
+    data = _long_run(path, writer, 600_000)
+    # Timed, chosen for 100 kB, timed again...: direct writes come back after the first choice.
+    starts = sorted(off for _, off, _ in spy.direct())
+    assert starts[-1] > 200_000
+    assert writer.choice in ("buffered", None)
+    writer.close()
+    assert_same(path.read_bytes(), data, "after close()")
+    os.close(fd)
+
+
+@pytest.mark.usefixtures("probing")
+def test_a_broken_run_restarts_the_timing(tmp_path: Path, spy: PwriteSpy) -> None:
+    need_direct_io(tmp_path)
+    spy.delay = 0.01
+    path = tmp_path / "f.bin"
+    fd = new_file(path, prealloc=2 * MiB)
+    writer = DirectWriter(fd, path)
+    data = random_bytes(2 * MiB, seed=5)
+    for start in range(0, 2 * MiB, 40_000):  # runs of 40 kB, each shorter than a timing
+        writer.pwrite(data[start + 20_000 : start + 40_000], start + 20_000)
+        writer.pwrite(data[start : start + 20_000], start)
+    writer.close()
+    assert writer.choice is None
     assert_same(path.read_bytes(), data, "after close()")
     os.close(fd)
 
