@@ -838,3 +838,33 @@ def test_resume_survives_metadata_that_hangs_libhdf5(tmp_path: Path, monkeypatch
         np.testing.assert_array_equal(store["x"][:], x)
         assert [store.sample("img", i).tolist() for i in range(n)] == [a.tolist() for a in imgs]
         assert store.verify() == []
+
+
+@given(
+    rows=st.integers(1, 9),
+    count=st.integers(1, 5),
+    gap=st.integers(0, 40),
+    cut=st.integers(0, 8),
+)
+def test_a_run_ending_at_the_end_of_the_file_maps(
+    tmp_path_factory: pytest.TempPathFactory, rows: int, count: int, gap: int, cut: int
+) -> None:
+    """A run's mapping ends with its last committed row, not a stride past it: a trimmed file
+    whose last bytes are that row still opens (make stress found the overshoot)."""
+    row = 8
+    stride = rows * row + gap
+    length = max(count * rows - cut, 1)
+    k = (length - 1) // rows
+    size = k * stride + (length - k * rows) * row  # the file ends with the last committed row
+    path = tmp_path_factory.mktemp("run") / "f.bin"
+    data = np.arange(size, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    spec = ArraySpec(np.dtype("u8"), (), length)
+    with path.open("rb") as f:
+        pieces, mm = hdf5_backend._run_pieces(f, "x", spec, [0, rows, 0, count, stride], "t")
+    assert mm is not None
+    got = np.concatenate([p.reshape(-1) for _, p in pieces])[:length]
+    want = [
+        data[(i // rows) * stride + (i % rows) * row :][:row].view("u8")[0] for i in range(length)
+    ]
+    assert got.tolist() == want

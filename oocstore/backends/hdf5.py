@@ -522,7 +522,8 @@ def _run_pieces(
         return [], None
     row = spec.row_nbytes
     whole, tail = divmod(used, rows)
-    span = max((whole - 1) * stride + rows * row if whole else 0, whole * stride + tail * row)
+    last = (used - 1) // rows  # the last extent holding committed rows: the span ends in it
+    span = last * stride + (used - last * rows) * row
     try:
         mm = np.memmap(f, dtype=np.uint8, mode="r", offset=off, shape=(span,))
     except (OSError, ValueError, OverflowError) as err:
