@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .convert import convert
+from .api import convert, open, write
 from .errors import (
     BackendUnavailableError,
     BatchError,
@@ -38,10 +38,10 @@ from .errors import (
     WriterClosedError,
 )
 from .ingest import ingest_images
-from .reader import Damage, PackedArray, Store, open
+from .reader import Damage, PackedArray, Store
 from .schema import FieldSpec, Schema
 from .sources._zip import zip_streams
-from .writer import Writer, write
+from .writer import Writer
 
 __version__ = "0.1.0"
 

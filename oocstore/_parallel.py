@@ -34,7 +34,6 @@ from .errors import EmptySourceError, RaggedError, WorkerFailedError
 from .schema import Casting, Schema
 
 if TYPE_CHECKING:
-    from .reader import Store
     from .writer import Writer
 
 __all__ = ["MAX_REGIONS", "Region", "RegionLedger", "alignment", "region_rows", "write_indexable"]
@@ -45,7 +44,7 @@ Spans = dict[str, list[Any]]
 MAX_REGIONS = 1024
 """At most this many regions per write: fewer, larger tasks for Dask's scheduler (each region's
 checksum span is merged into at most ``checksum.MAX_SPANS`` per array by the writer)."""
-REGION_BYTES = 64 * 2**20
+REGION_BYTES = sizing.BLOCK_BYTES
 """Target bytes of one region over all fields, when nothing else decides."""
 
 
@@ -193,10 +192,9 @@ def write_indexable(
     names: Sequence[str] | None = None,
     casting: Casting = "safe",
     **writer_options: Any,
-) -> Store:
+) -> None:
     """Write ``source[0] ... source[len(source) - 1]`` (one sample each) with ``workers``
     processes filling disjoint regions; see :func:`oocstore.write`."""
-    from .reader import open as open_store
     from .writer import Writer
 
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -290,7 +288,6 @@ def write_indexable(
                     )
                     raise WorkerFailedError(msg) from error
                 raise error
-    return open_store(path, storage_options=writer_options.get("storage_options"))
 
 
 def _stack(

@@ -400,7 +400,7 @@ def convert(
       oocstore convert train.ooc train.zarr
       oocstore convert train.ooc train.h5 --chunks 256
     """
-    from .convert import convert as convert_store
+    from .api import convert as convert_store
 
     t0 = time.perf_counter()
     store = convert_store(

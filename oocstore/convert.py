@@ -1,23 +1,30 @@
-"""Copy a store to another path or backend in one streaming pass with bounded memory."""
+"""Streaming copies into a new store with bounded memory: a store to another path or backend,
+and a packed ragged field to a padded one.
+
+These write with the :class:`~oocstore.Writer` and take the arrays they copy from the caller
+(``oocstore.convert`` and ``PackedArray.to_padded`` open the result).
+"""
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .reader import PackedArray, Store
-from .reader import open as open_store
+from .sizing import BLOCK_BYTES
 from .writer import Writer
 
-__all__ = ["convert"]
+if TYPE_CHECKING:
+    from .reader import PackedArray, Store
 
-_BLOCK_BYTES = 64 * 2**20
+__all__ = ["copy_store", "pad_packed"]
 
 
-def convert(
-    src: str | os.PathLike[str] | Store,
+def copy_store(
+    store: Store,
     dst: str | os.PathLike[str],
     *,
     backend: str | None = None,
@@ -25,19 +32,8 @@ def convert(
     compressors: Any = None,
     overwrite: bool = False,
     progress: bool | None = None,
-) -> Store:
-    """Copy the store ``src`` to ``dst`` (the backend follows ``dst``'s suffix or ``backend=``).
-
-    Fields keep their names, dtypes, ragged layouts (padded fields stay padded with the same
-    fill, packed stay packed), true shapes and the store's attrs. Reads and writes go in
-    blocks of about 64 MB, so memory stays bounded whatever the store's size.
-
-    Returns
-    -------
-    Store
-        The new store, opened read-only.
-    """
-    store = src if isinstance(src, Store) else open_store(src)
+) -> None:
+    """Write every field of ``store`` to a new store at ``dst``, layouts and attrs kept."""
     manifest = store.manifest
     packed = [f for f in store.fields if manifest.layout(f).kind == "packed"]
     padded = {f: store.schema[f].shape for f in store.fields if manifest.layout(f).kind == "padded"}
@@ -56,12 +52,34 @@ def convert(
         compressors=compressors,
         attrs=store.attrs,
     )
-    step = max(_BLOCK_BYTES // max(store.schema.sample_nbytes, 1), 1)
+    step = max(BLOCK_BYTES // max(store.schema.sample_nbytes, 1), 1)
     with writer:
         for start in range(0, len(store), step):
             stop = min(start + step, len(store))
             writer.append(tuple(_block(store, f, start, stop) for f in store.fields))
-    return open_store(dst)
+
+
+def pad_packed(
+    packed: PackedArray,
+    path: str | os.PathLike[str],
+    bound: Sequence[int],
+    *,
+    fill: Any = 0,
+    name: str = "0",
+    **write_options: Any,
+) -> None:
+    """Stream the samples of ``packed`` into a new store at ``path``, padded to ``bound``
+    (field ``name``, true shapes kept), in one pass with bounded memory."""
+    step = max(BLOCK_BYTES // max(math.prod(bound) * packed.dtype.itemsize, 1), 1)
+    blocks = ({name: packed[i : i + step]} for i in range(0, len(packed), step))
+    with Writer(
+        path,
+        length=len(packed),
+        max_shape={name: tuple(bound)},
+        fill=fill,
+        **write_options,
+    ) as writer:
+        writer.extend(blocks)
 
 
 def _block(store: Store, field: str, start: int, stop: int) -> Any:
@@ -69,6 +87,5 @@ def _block(store: Store, field: str, start: int, stop: int) -> Any:
     if kind == "dense":
         return np.asarray(store[field][start:stop])
     if kind == "packed":
-        packed: PackedArray = store[field]
-        return packed[start:stop]
+        return store[field][start:stop]
     return [store.sample(field, i) for i in range(start, stop)]

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from .api import write
 from .progress import format_bytes
 from .reader import Store
 from .reader import open as open_store
-from .writer import write
 
 __all__ = [
     "demo_batches",

@@ -6,7 +6,6 @@ A :class:`Store` pickles as its path, so it crosses into worker processes withou
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -137,13 +136,10 @@ class PackedArray(Sequence[np.ndarray]):
             for i, s in enumerate(self):
                 out[region(i, s.shape)] = s
             return out
-        from .writer import write  # the reader stage calls back into writing only here
+        from .convert import pad_packed  # writing: imported only when a store is made
 
-        step = max((64 * 2**20) // max(math.prod(bound) * self.dtype.itemsize, 1), 1)
-        blocks = ({name: self[i : i + step]} for i in range(0, len(self), step))
-        return write(
-            blocks, path, length=len(self), max_shape={name: bound}, fill=fill, **write_options
-        )
+        pad_packed(self, path, bound, fill=fill, name=name, **write_options)
+        return Store(path)
 
     def _max_shape(self) -> tuple[int, ...]:
         return max_shape_of(self._shapes)

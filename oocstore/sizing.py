@@ -178,6 +178,10 @@ def auto_batch_size(sample_nbytes: int, budget: int, *, at_most: int = 65_536) -
     return int(size)
 
 
+BLOCK_BYTES = 64 * 2**20
+"""Bytes per block when a whole array or store is streamed (copies, layout passes, sources
+sliced from one big array): large enough that per-block costs vanish, small enough for RAM."""
+
 MAX_SAMPLE_BYTES = 2**48
 """Largest sample a store may declare: a manifest that declares more is refused as tampered."""
 

@@ -58,12 +58,11 @@ from .ragged import (
 )
 from .schema import Casting, FieldSpec, Schema
 from .sizing import MemoryLike
-from .sources import as_stream
 
 if TYPE_CHECKING:
-    from .reader import Store
+    pass
 
-__all__ = ["RaggedMode", "Writer", "write"]
+__all__ = ["PathLike", "RaggedMode", "ShapeLike", "Writer"]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ ShapeLike = Sequence[int]
 
 _SHAPES_DTYPE = np.dtype("<i8")
 _OFFSETS_DTYPE = np.dtype("<i8")
-_INITIAL_BYTES = 64 * 2**20  # most of a first allocation when the length is unknown
+_INITIAL_BYTES = sizing.BLOCK_BYTES  # most of a first allocation when the length is unknown
 _INITIAL_BATCHES = 4  # ... which is this many first batches' worth, if that is less
 _PADDING_WAYS_OUT = (
     "To store samples without padding pass ragged='pack' (store.sample() and the packed "
@@ -1408,17 +1407,6 @@ class Writer:
         return f"<oocstore.Writer {where} {self.length} samples {state}>"
 
 
-def _refuse_options(given: Mapping[str, bool], what: str) -> None:
-    """Raise ValueError naming the options that ``what`` cannot honour, if any was given."""
-    names = [name for name, on in given.items() if on]
-    if names:
-        msg = (
-            f"{', '.join(f'{n}=' for n in names)} cannot be used when writing {what}: "
-            "parallel writers fill dense fields of the source's own shape"
-        )
-        raise ValueError(msg)
-
-
 def _existing_store_backend(path: Path) -> str | None:
     try:
         return detect_backend(path)
@@ -1437,155 +1425,3 @@ def _as_max_shapes(
         return {str(k): tuple(int(d) for d in v) for k, v in max_shape.items()}
     msg = "max_shape must be a dict mapping field names to shapes, e.g. {'images': (256, 256, 3)}"
     raise TypeError(msg)
-
-
-def write(
-    source: Any,
-    path: PathLike,
-    *,
-    length: int | None = None,
-    names: Sequence[str] | None = None,
-    batched: bool | None = None,
-    backend: str | None = None,
-    overwrite: bool = False,
-    resume: bool = False,
-    memory: MemoryLike = None,
-    progress: bool | None = None,
-    ragged: RaggedMode = "pad",
-    fill: Any = 0,
-    max_shape: Mapping[str, ShapeLike] | None = None,
-    padding_warning: float | None = 4.0,
-    casting: Casting = "safe",
-    chunks: Mapping[str, int] | int | None = None,
-    compressors: Any = None,
-    shards: Mapping[str, int] | int | bool | None = None,
-    commit_bytes: int | None = None,
-    commit_seconds: float = 30.0,
-    attrs: Mapping[str, Any] | None = None,
-    workers: int | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> Store:
-    """Stream every batch of ``source`` into a store at ``path`` and open it.
-
-    ``source`` is any iterable of batches (a generator, a list, a DataLoader...), or an array
-    (or a tuple/dict of arrays) that is sliced into batches. The length is taken from
-    ``length=`` or from the source when it tells; otherwise files grow as needed. The other
-    parameters are those of [`Writer`][oocstore.Writer].
-
-    A ``dask.array.Array`` (or a tuple/dict of them, aligned on axis 0) is written by Dask's
-    own workers, each task filling its own chunk-aligned rows (see ``docs/dask.md``).
-
-    Parameters
-    ----------
-    source
-        Batches: an iterable (generator, list, ``DataLoader``, ``tf.data.Dataset``, Keras
-        ``PyDataset``...), or a whole array, ``np.memmap`` or tuple/dict of arrays, copied in
-        blocks of about 64 MB.
-    path
-        Where the store goes; the backend follows the suffix (``.zarr``, ``.h5``/``.hdf5``,
-        anything else is npy) unless ``backend=`` names one.
-    length
-        Expected number of samples (default: from the source, when it tells): files are
-        preallocated for it.
-    names
-        Field names for array or tuple batches (default ``"0"``, ``"1"``, ...).
-    batched
-        None (default): the source decides; framework sources say which they hold, and any
-        other iterable holds batches. True: each item of ``source`` is a batch (axis 0 =
-        samples), even a ``tf.data`` element the pipeline does not mark as one. False: each
-        item is one sample.
-    workers
-        With ``workers=N`` (N > 1), an indexable source (``len()`` and ``source[i]`` giving
-        one sample: a map-style Dataset, a list of samples) is read by N worker processes,
-        each filling its own rows; the source must pickle. ``workers=1`` writes the same
-        source in this process.
-    storage_options
-        For a Zarr store at an fsspec URL: passed to the fsspec filesystem.
-
-    Returns
-    -------
-    Store
-        The finished store, opened read-only.
-
-    Raises
-    ------
-    EmptySourceError
-        If the source yields nothing.
-    SchemaError
-        If a batch does not match the first (the store keeps what came before it, incomplete).
-    StoreExistsError
-        If a store exists at ``path`` and neither ``overwrite`` nor ``resume`` is set.
-    """
-    from .reader import open as open_store
-
-    common: dict[str, Any] = {
-        "backend": backend,
-        "overwrite": overwrite,
-        "resume": resume,
-        "memory": memory,
-        "progress": progress,
-        "chunks": chunks,
-        "compressors": compressors,
-        "shards": shards,
-        "commit_bytes": commit_bytes,
-        "commit_seconds": commit_seconds,
-        "attrs": attrs,
-        "storage_options": storage_options,
-    }
-    # Options the region writers (Dask, workers=N) do not take: refused, never ignored.
-    unused = {
-        "length": length is not None,
-        "batched": batched is not None,
-        "ragged": ragged != "pad",
-        "fill": not (isinstance(fill, (int, float)) and fill == 0),
-        "max_shape": max_shape is not None,
-        "padding_warning": padding_warning != 4.0,
-    }
-    if "dask" in sys.modules:  # a Dask array can only exist once dask is imported
-        from .sources.dask import is_dask_source
-
-        if is_dask_source(source):
-            if workers is not None:
-                msg = "workers= is for indexable sources; Dask's scheduler runs a Dask array"
-                raise ValueError(msg)
-            _refuse_options(unused, "a Dask array (its chunks give the length and shapes)")
-            from .sources.dask import write_dask
-
-            return write_dask(source, path, names=names, casting=casting, **common)
-    if workers is not None and workers != 1:
-        _refuse_options(unused, f"workers={workers} (len(source) gives the length)")
-        from ._parallel import write_indexable
-
-        return write_indexable(
-            source, path, workers=workers, names=names, casting=casting, **common
-        )
-    if workers == 1:
-        batched = False  # workers= means an indexable source of samples, whatever N is
-    stream = as_stream(source, batched=batched)
-    writer = Writer(
-        path,
-        names=names,
-        length=length if length is not None else stream.length,
-        backend=backend,
-        batched=stream.batched,
-        overwrite=overwrite,
-        resume=resume,
-        memory=memory,
-        progress=progress,
-        ragged=ragged,
-        fill=fill,
-        max_shape=max_shape,
-        padding_warning=padding_warning,
-        casting=casting,
-        chunks=chunks,
-        compressors=compressors,
-        shards=shards,
-        commit_bytes=commit_bytes,
-        commit_seconds=commit_seconds,
-        attrs=attrs,
-        storage_options=storage_options,
-    )
-    writer.n_batches_hint = stream.n_batches if length is None else None
-    with writer:
-        writer.extend(stream.batches)
-    return open_store(path, storage_options=dict(storage_options or {}))

@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from ..sizing import BLOCK_BYTES
+
 __all__ = ["LazyArray"]
 
 # A strided slice reads the whole span and subsamples it while the span stays below this many
 # bytes (one read beats many); past it, the rows are read one run at a time.
-_SPAN_BYTES = 64 * 2**20
+_SPAN_BYTES = BLOCK_BYTES
 
 
 class LazyArray(ABC):

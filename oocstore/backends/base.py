@@ -18,6 +18,7 @@ import numpy as np
 
 from .._durable import fsync_fd, open_nofollow
 from ..manifest import Manifest
+from ..sizing import BLOCK_BYTES
 
 __all__ = ["ArrayReader", "Backend", "BackendOptions", "RegionWriter"]
 
@@ -213,7 +214,7 @@ class Backend(ABC):
         probe = self.read(src, 0, 0)
         src_row = int(np.prod(probe.shape[1:], dtype=np.int64)) * probe.dtype.itemsize
         src_rows = rows * row // src_row if src_row else 0
-        step = max((64 * 2**20) // max(src_row, 1), 1)
+        step = max(BLOCK_BYTES // max(src_row, 1), 1)
         pos = 0
         for start in range(0, src_rows, step):
             block = np.ascontiguousarray(self.read(src, start, min(start + step, src_rows)))

@@ -81,6 +81,7 @@ from ..errors import (
     UnsupportedDtypeError,
 )
 from ..manifest import ArraySpec, Manifest
+from ..sizing import BLOCK_BYTES
 from ._lazy import LazyArray
 from .base import ArrayReader, Backend, BackendOptions, FileRegionWriter, RegionWriter
 
@@ -1662,7 +1663,7 @@ class Hdf5Backend(Backend):
                         raise CorruptStoreError(where, f"dataset {name!r} is missing or short")
                     new = _Array(name, spec.dtype, spec.shape, "contiguous")
                     self._create(dst, new, spec.length)
-                    step = max((64 * 2**20) // max(spec.row_nbytes, 1), 1)
+                    step = max(BLOCK_BYTES // max(spec.row_nbytes, 1), 1)
                     for start in range(0, spec.length if new.row_nbytes else 0, step):
                         stop = min(start + step, spec.length)
                         block = np.asarray(dset[start:stop])
@@ -1869,7 +1870,7 @@ def _copy_bytes(src_fd: int, src_off: int, dst_fd: int, dst_off: int, n: int, pa
                 use_kernel = False
                 continue
         else:
-            block = os.pread(src_fd, min(n - done, 64 * 2**20), src_off + done)
+            block = os.pread(src_fd, min(n - done, BLOCK_BYTES), src_off + done)
             if not block:
                 raise CorruptStoreError(os.fspath(path), "the file ends inside committed rows")
             pwrite_all(dst_fd, block, dst_off + done, path)

@@ -32,6 +32,7 @@ import numpy as np
 
 from .._url import is_url
 from ..errors import CorruptStoreError, RaggedError
+from ..sizing import BLOCK_BYTES
 
 if TYPE_CHECKING:
     from ..reader import Store
@@ -40,9 +41,8 @@ __all__ = ["BLOCK_BYTES", "block_rows", "to_dask"]
 
 da: Any = _da  # Dask ships without type hints
 
-BLOCK_BYTES = 64 * 2**20
-"""Bytes per block of a memory-mapped field: Dask's advice is blocks of ~100 MB, and a block
-is read in one go by one task."""
+# BLOCK_BYTES: bytes per block of a memory-mapped field (Dask's advice is blocks of ~100 MB,
+# and a block is read in one go by one task).
 _CACHE_SIZE = 8
 _cache: OrderedDict[tuple[str, str, int, int], Store] = OrderedDict()
 _cache_lock = threading.Lock()
@@ -51,14 +51,19 @@ atexit.register(_cache.clear)
 
 
 def _open_cached(
-    path: str, commit: str, storage_options: dict[str, Any], *, fresh: bool = False
+    opener: type[Store],
+    path: str,
+    commit: str,
+    storage_options: dict[str, Any],
+    *,
+    fresh: bool = False,
 ) -> Store:
     """The store at ``path``, opened once per process for the commit ``commit`` names.
 
-    The key holds the inode at ``path`` too: a store overwritten there since is a new one.
+    ``opener`` is the class of the store the graph was made from (pickled by name, so the
+    reader is imported by the task that opens it, not by this module). The key holds the
+    inode at ``path`` too: a store overwritten there since is a new one.
     """
-    from ..reader import open as open_store
-
     if is_url(path):
         key = (path, commit, 0, 0)
     else:
@@ -69,7 +74,7 @@ def _open_cached(
         if store is not None:
             _cache.move_to_end(key)
             return store
-    store = open_store(path, storage_options=storage_options)
+    store = opener(path, storage_options=storage_options)
     with _cache_lock:
         _cache[key] = store
         while len(_cache) > _CACHE_SIZE:
@@ -82,6 +87,7 @@ class _FieldSource:
 
     def __init__(
         self,
+        opener: type[Store],
         path: str,
         commit: str,
         array: str,
@@ -89,6 +95,7 @@ class _FieldSource:
         dtype: np.dtype[Any],
         storage_options: dict[str, Any],
     ) -> None:
+        self.opener = opener
         self.path = path
         self.storage_options = storage_options
         self.commit = commit
@@ -99,11 +106,13 @@ class _FieldSource:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
-            return self._read(_open_cached(self.path, self.commit, self.storage_options), key)
+            store = _open_cached(self.opener, self.path, self.commit, self.storage_options)
+            return self._read(store, key)
         except CorruptStoreError:
             # A cached view of files a writer has replaced since: open the store again.
             return self._read(
-                _open_cached(self.path, self.commit, self.storage_options, fresh=True), key
+                _open_cached(self.opener, self.path, self.commit, self.storage_options, fresh=True),
+                key,
             )
 
     def _read(self, store: Store, key: Any) -> np.ndarray:
@@ -156,9 +165,9 @@ def _array(store: Store, field: str, shapes: bool) -> Any:
             return da.broadcast_to(const, (n, spec.ndim), chunks=(rows, spec.ndim))
         name = f"{field}.shapes"
         shp = store.manifest.arrays[name]
-        src = _FieldSource(path, commit, name, (n, *shp.shape), shp.dtype, so)
+        src = _FieldSource(type(store), path, commit, name, (n, *shp.shape), shp.dtype, so)
     else:
-        src = _FieldSource(path, commit, field, (n, *spec.shape), spec.dtype, so)
+        src = _FieldSource(type(store), path, commit, field, (n, *spec.shape), spec.dtype, so)
     chunks = (rows, *src.shape[1:]) if src.shape[0] else (1, *src.shape[1:])
     return da.from_array(
         src,

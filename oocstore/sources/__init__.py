@@ -14,19 +14,14 @@ preallocated from its length; a list of NumPy arrays stays a list of batches.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
-
 from ..coerce import is_array_like
-from ._structure import block_size, group_samples
+from ._stream import Stream, array_blocks, rows_of, sample_sequence
 
 __all__ = ["Stream", "array_blocks", "as_stream", "sample_sequence"]
 
-BLOCK_BYTES = 64 * 2**20
-"""Rows of an in-memory or memory-mapped array are copied in blocks of about this size."""
 
 MAX_BUNDLE_FIELDS = 64
 """A tuple of more tensors than this is a sequence of samples, never a bundle of fields."""
@@ -39,37 +34,6 @@ _ADAPTERS = {
     "tf_keras": "keras",
 }
 _TENSOR_ROOTS = frozenset({"torch", "tensorflow", "jax", "jaxlib"})
-
-
-@dataclass
-class Stream:
-    """Batches from a source, with what is known of its length."""
-
-    batches: Iterator[Any]
-    """The batches (or samples, when ``batched`` is False)."""
-    batched: bool
-    """True when each item holds many samples along axis 0."""
-    length: int | None = None
-    """Exact number of samples, when the source says."""
-    n_batches: int | None = None
-    """Number of batches, when known but not the samples (e.g. ``len()`` of a loader)."""
-
-
-def _rows(value: Any) -> int:
-    return int(value.shape[0]) if hasattr(value, "shape") else len(value)
-
-
-def _row_nbytes(array: Any, rows: int) -> int:
-    """Bytes of one row of a NumPy array or a tensor (torch, JAX: ``nbytes``; TF: dtype size)."""
-    if isinstance(array, np.ndarray):
-        return int(np.prod(array.shape[1:], dtype=np.int64) * array.dtype.itemsize)
-    nbytes = getattr(array, "nbytes", None)
-    if isinstance(nbytes, int | np.integer) and rows:
-        return int(nbytes) // rows
-    itemsize = getattr(getattr(array, "dtype", None), "size", None)  # tf.DType.size
-    if isinstance(itemsize, int) and hasattr(array, "shape"):
-        return int(np.prod([int(d) for d in array.shape[1:]], dtype=np.int64)) * itemsize
-    return 64
 
 
 def _root(obj: Any) -> str:
@@ -96,18 +60,6 @@ def _is_tensor_sequence(source: Any) -> bool:
     return True
 
 
-def sample_sequence(samples: Sequence[Any]) -> Stream:
-    """A sequence of samples (one tensor each), grouped into batches; its length is exact."""
-    n = len(samples)
-
-    def gen() -> Iterator[Any]:
-        step = block_size(samples[0])
-        for start in range(0, n, step):
-            yield group_samples(samples[start : start + step], first_index=start)
-
-    return Stream(batches=gen(), batched=True, length=n)
-
-
 def _is_array_bundle(source: Any) -> bool:
     """An array, or a tuple/dict of arrays: the whole dataset given at once."""
     if is_array_like(source) and hasattr(source, "shape") and len(source.shape) >= 1:
@@ -117,7 +69,7 @@ def _is_array_bundle(source: Any) -> bool:
         and source
         and all(is_array_like(v) and hasattr(v, "shape") and len(v.shape) >= 1 for v in source)
     ):
-        return len({_rows(v) for v in source}) == 1
+        return len({rows_of(v) for v in source}) == 1
     if (
         isinstance(source, Mapping)
         and source
@@ -125,31 +77,8 @@ def _is_array_bundle(source: Any) -> bool:
             is_array_like(v) and hasattr(v, "shape") and len(v.shape) >= 1 for v in source.values()
         )
     ):
-        return len({_rows(v) for v in source.values()}) == 1
+        return len({rows_of(v) for v in source.values()}) == 1
     return False
-
-
-def array_blocks(source: Any, block_bytes: int = BLOCK_BYTES) -> Stream:
-    """Slice an array (or a tuple/dict of arrays) into blocks of rows, copying none."""
-    parts = (
-        list(source.values())
-        if isinstance(source, Mapping)
-        else (list(source) if isinstance(source, tuple) else [source])
-    )
-    n = _rows(parts[0])
-    row_bytes = sum(_row_nbytes(p, n) for p in parts)
-    step = max(block_bytes // max(row_bytes, 1), 1)
-
-    def gen() -> Iterator[Any]:
-        for start in range(0, n, step):
-            if isinstance(source, Mapping):
-                yield {k: v[start : start + step] for k, v in source.items()}
-            elif isinstance(source, tuple):
-                yield tuple(v[start : start + step] for v in source)
-            else:
-                yield source[start : start + step]
-
-    return Stream(batches=gen(), batched=True, length=n)
 
 
 def as_stream(source: Any, *, batched: bool | None = None) -> Stream:

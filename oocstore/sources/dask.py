@@ -31,7 +31,7 @@ from ..backends.base import RegionWriter
 from ..errors import BatchError, SchemaError
 
 if TYPE_CHECKING:
-    from ..reader import Store
+    pass
 
 __all__ = ["is_dask_source", "write_dask"]
 
@@ -182,12 +182,11 @@ def write_dask(
     *,
     names: Sequence[str] | None = None,
     **writer_options: Any,
-) -> Store:
+) -> None:
     """Write a Dask array (or a tuple/dict of them, aligned on axis 0) with Dask's workers.
 
     See :func:`oocstore.write`; ``writer_options`` are :class:`~oocstore.Writer`'s.
     """
-    from ..reader import open as open_store
     from ..writer import Writer
 
     empty, given = _as_arrays(source)
@@ -246,4 +245,3 @@ def write_dask(
             ]
             ledger = RegionLedger(writer)
             _run(tasks, lambda r: ledger.finished(*r))
-    return open_store(path, storage_options=writer_options.get("storage_options"))

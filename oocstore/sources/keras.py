@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from . import Stream
+from ._stream import Stream
 from ._structure import flatten
 
 __all__ = ["stream"]

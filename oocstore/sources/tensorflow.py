@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..errors import RaggedError
-from . import Stream
+from ._stream import Stream
 from ._structure import flatten, grouped
 
 __all__ = ["is_batched", "stream"]

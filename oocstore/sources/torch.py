@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.utils.data as tud
 
-from . import Stream, array_blocks
+from ._stream import Stream, array_blocks
 from ._structure import block_size, flatten, group_samples, grouped
 
 __all__ = ["stream"]
