@@ -12,7 +12,7 @@ from pathlib import Path
 from ._durable import open_nofollow
 from .errors import CorruptStoreError, StoreLockedError, StorePermissionError
 
-__all__ = ["StoreLock", "refused_write"]
+__all__ = ["NoLock", "StoreLock", "refused_write"]
 
 
 def refused_write(err: OSError, path: Path) -> StorePermissionError:
@@ -104,3 +104,13 @@ class StoreLock:
     def held(self) -> bool:
         """True while this object holds the lock."""
         return self._fd is not None
+
+
+class NoLock:
+    """A store at a URL has no flock: nothing to take (see docs/dask.md)."""
+
+    def acquire(self) -> None:
+        """Nothing to lock."""
+
+    def release(self, *, remove: bool = False) -> None:
+        """Nothing to unlock."""

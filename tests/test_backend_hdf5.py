@@ -29,7 +29,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import oocstore
-import oocstore.writer
+import oocstore.writer.setup
 from oocstore.backends import hdf5 as hdf5_backend
 from oocstore.backends.hdf5 import ATTRIBUTE, DROPPED_GROUP, Hdf5Backend
 from oocstore.manifest import ArraySpec
@@ -451,8 +451,8 @@ def test_extents_encode_to_runs_and_back(case: tuple[list[list[int]], int]) -> N
 def small_chunked_store(path: Path, x: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     """An incomplete store of ``x[:2000]`` in 8-row chunks of 16-byte rows, runs in its record
     (a 4 MiB first allocation instead of 64 MiB, to stay fast)."""
-    monkeypatch.setattr(oocstore.writer, "_INITIAL_BYTES", 2**22)
-    monkeypatch.setattr(oocstore.writer, "_INITIAL_BATCHES", 2**30)
+    monkeypatch.setattr(oocstore.writer.setup, "_INITIAL_BYTES", 2**22)
+    monkeypatch.setattr(oocstore.writer.setup, "_INITIAL_BATCHES", 2**30)
     w = oocstore.Writer(path, names=("x",), chunks=8, commit_seconds=3600.0)
     w.append((x[:1000],))
     w.commit()
@@ -531,8 +531,8 @@ def test_record_outgrowing_its_slot_names_the_array_and_what_fits(
     chunk size it names fits."""
     monkeypatch.setattr(hdf5_backend, "USERBLOCK_BYTES", 2**15)
     monkeypatch.setattr(hdf5_backend, "MIN_GROWTH_BYTES", 2**20)
-    monkeypatch.setattr(oocstore.writer, "_INITIAL_BYTES", 2**20)
-    monkeypatch.setattr(oocstore.writer, "_INITIAL_BATCHES", 2**30)
+    monkeypatch.setattr(oocstore.writer.setup, "_INITIAL_BYTES", 2**20)
+    monkeypatch.setattr(oocstore.writer.setup, "_INITIAL_BATCHES", 2**30)
     x = np.arange(20_000 * 4, dtype=np.float32).reshape(20_000, 4)
 
     def write(path: Path, chunks: int) -> int:
@@ -571,15 +571,15 @@ def test_record_outgrowing_its_slot_names_the_array_and_what_fits(
 
 WRITER = r"""
 import os, sys, json, numpy as np, oocstore
-import oocstore.writer
+import oocstore.writer.setup
 from oocstore.backends import hdf5
 from oocstore.backends.hdf5 import Hdf5Backend
 cfg = json.loads(sys.argv[1])
 width = cfg.get("width", 256)
 hdf5.USERBLOCK_BYTES = cfg.get("userblock", hdf5.USERBLOCK_BYTES)
 if "initial" in cfg:  # a first allocation of exactly this many bytes
-    oocstore.writer._INITIAL_BYTES = cfg["initial"]
-    oocstore.writer._INITIAL_BATCHES = 2**30
+    oocstore.writer.setup._INITIAL_BYTES = cfg["initial"]
+    oocstore.writer.setup._INITIAL_BATCHES = 2**30
 real = Hdf5Backend.write_manifest
 def report(self, manifest):
     real(self, manifest)

@@ -42,7 +42,7 @@ def test_coalesce_keeps_the_crc_of_every_byte(sizes: list[int], limit: int) -> N
 def test_spans_stay_bounded_over_many_commits_and_verify_still_finds_damage(
     tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr("oocstore.writer.MAX_SPANS", 8)  # 50 commits: merged twice
+    monkeypatch.setattr("oocstore.writer.core.MAX_SPANS", 8)  # 50 commits: merged twice
     path = tmp_path / "s.ooc"
     x = np.arange(200 * 5, dtype=np.int32).reshape(200, 5)
     with oocstore.Writer(path) as w:

@@ -233,7 +233,7 @@ def roundtrip(storage: str, stream: tuple[str, list[list[Shape]], Any], how: Any
         else:
             commits, max_spans = how
             with (
-                mock.patch("oocstore.writer.MAX_SPANS", max_spans),
+                mock.patch("oocstore.writer.core.MAX_SPANS", max_spans),
                 oocstore.Writer(path, **options) as w,
             ):
                 for k, b in enumerate(batches):
@@ -475,7 +475,7 @@ def test_coalesced_spans_never_mix_row_shapes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 24 commits, the rows growing every 4th: spans merge within a growth, never across one.
-    monkeypatch.setattr("oocstore.writer.MAX_SPANS", 2)
+    monkeypatch.setattr("oocstore.writer.core.MAX_SPANS", 2)
     path = tmp_path / "s.zarr"
     shapes: list[list[Shape]] = []
     for k in range(24):
