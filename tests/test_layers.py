@@ -137,3 +137,51 @@ def test_the_graph_sees_deferred_imports() -> None:
     )
     assert names == ["b"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# What each layer must never import (prefixes of module names): the data flows sources ->
+# writer -> backends -> files, reader -> backends, sinks -> reader, with api and cli on top.
+FORBIDDEN = {
+    "oocstore.errors": ["oocstore."],
+    "oocstore.backends": [
+        "oocstore.writer",
+        "oocstore.reader",
+        "oocstore.sinks",
+        "oocstore.sources",
+        "oocstore.api",
+        "oocstore.convert",
+        "oocstore.ingest",
+        "oocstore.cli",
+        "oocstore._parallel",
+    ],
+    "oocstore.writer": [
+        "oocstore.reader",
+        "oocstore.sinks",
+        "oocstore.sources",
+        "oocstore.api",
+        "oocstore.convert",
+        "oocstore.ingest",
+        "oocstore.cli",
+        "oocstore._parallel",
+    ],
+    "oocstore.reader": ["oocstore.writer", "oocstore.api", "oocstore.ingest", "oocstore.cli"],
+    "oocstore.sinks": [
+        "oocstore.writer",
+        "oocstore.reader",
+        "oocstore.sources",
+        "oocstore.api",
+        "oocstore.convert",
+    ],
+    "oocstore.sources": ["oocstore.reader", "oocstore.sinks", "oocstore.api", "oocstore.cli"],
+    "oocstore.convert": ["oocstore.reader", "oocstore.api"],
+}
+
+
+def test_layers_follow_the_data_flow() -> None:
+    wrong = []
+    for module, deps in sorted(import_graph().items()):
+        for layer, banned in FORBIDDEN.items():
+            if module != layer and not module.startswith(layer + "."):
+                continue
+            wrong += [f"{module} -> {d}" for d in sorted(deps) for b in banned if d.startswith(b)]
+    assert not wrong, "imports against the data flow:\n" + "\n".join(wrong)
