@@ -28,8 +28,8 @@ from .schema import Schema
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .sinks import Batches
-    from .sinks.torch import StoreDataset
+    from .sinks import Batches, ShuffleLike
+    from .sinks.torch import StoreDataset, StoreLoader
 
 __all__ = ["Damage", "PackedArray", "Store", "open"]
 
@@ -431,16 +431,33 @@ class Store:
         self,
         fields: Sequence[str] | None = None,
         transform: Callable[[tuple[Any, ...]], Any] | None = None,
+        batch_transform: Callable[[tuple[Any, ...]], Any] | None = None,
     ) -> StoreDataset:
         """A map-style ``torch.utils.data.Dataset``: ``[i]`` is a tuple of tensors, one per field.
 
         Memory-mapped fields give zero-copy tensors (copy-on-write maps: writing to one never
-        reaches the file); the dataset pickles small, so DataLoader workers open the store
-        themselves. See [`StoreDataset`][oocstore.sinks.torch.StoreDataset].
+        reaches the file); a ``DataLoader`` batch is read with one gather per field
+        (``__getitems__``); the dataset pickles small, so DataLoader workers open the store
+        themselves. ``transform`` applies to each sample, ``batch_transform`` to each batch.
+        See [`StoreDataset`][oocstore.sinks.torch.StoreDataset] and
+        [`Store.loader`][oocstore.Store.loader].
         """
         from .sinks.torch import StoreDataset
 
-        return StoreDataset(self, fields=fields, transform=transform)
+        return StoreDataset(
+            self, fields=fields, transform=transform, batch_transform=batch_transform
+        )
+
+    def loader(self, batch_size: int, **options: Any) -> StoreLoader:
+        """A ``torch.utils.data.DataLoader`` reading whole batches, resumable and shardable.
+
+        ``loader(batch_size, shuffle=False, seed=None, num_workers=0, drop_last=False,
+        fields=None, transform=None, pin_memory=False, rank=None, world_size=None,
+        remainder="pad", ...)``: see [`loader`][oocstore.sinks.torch.loader] (imports torch).
+        """
+        from .sinks.torch import loader
+
+        return loader(self, batch_size, **options)
 
     def to_tf(
         self,
@@ -476,21 +493,36 @@ class Store:
     def batches(
         self,
         batch_size: int,
-        shuffle: bool = False,
+        shuffle: ShuffleLike = False,
         seed: int | None = None,
         drop_last: bool = False,
         fields: Sequence[str] | None = None,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        remainder: str = "pad",
     ) -> Batches:
         """A re-iterable of NumPy batch tuples (``len()`` batches; each ``iter()`` an epoch).
 
-        Shuffling reads contiguous blocks, shuffled in windows, so it never turns into one
-        random read per sample; with Keras imported the result is a ``keras.utils.PyDataset``
-        that ``Model.fit`` accepts. See [`Batches`][oocstore.sinks.Batches].
+        ``shuffle="block"`` reads contiguous blocks, shuffled in windows, so it never turns
+        into one random read per sample; ``"sample"`` is a full permutation; ``True`` picks
+        by whether the fields fit in memory. ``state_dict()``/``load_state_dict()`` resume an
+        epoch; ``rank``/``world_size`` shard it. With Keras imported the result is a
+        ``keras.utils.PyDataset`` that ``Model.fit`` accepts. See
+        [`Batches`][oocstore.sinks.Batches].
         """
         from .sinks import batches
 
         return batches(
-            self, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, fields=fields
+            self,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            fields=fields,
+            rank=rank,
+            world_size=world_size,
+            remainder=remainder,
         )
 
     # -- life cycle --------------------------------------------------------------------------
