@@ -144,6 +144,7 @@ class StoreDataset(Dataset[Any]):
         self.batch_transform = batch_transform
         self.length = len(store)
         self._readers: list[Reader] | None = None
+        self._sources: dict[str, _Source] | None = None
         self.batched = transform is None and all(store.layout(f) == "dense" for f in self.fields)
         """Does ``__getitems__`` read whole batches (dense fields, no per-sample transform)?"""
 
@@ -211,26 +212,29 @@ class StoreDataset(Dataset[Any]):
         return StoreBatch(batch, len(rows))
 
     def _gather(self, field: str, rows: np.ndarray) -> torch.Tensor:
-        array = self.store[field]
-        dtype = np.dtype(array.dtype)
-        native = dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
-        out = _empty_tensor((len(rows), *array.shape[1:]), native)
-        target = out.numpy()
+        """One field's rows as a fresh tensor: one gather of the sorted unique rows."""
+        sources = self._sources
+        if sources is None:  # once per process: the arrays and their dtypes
+            sources = self._sources = {f: _Source(self.store[f]) for f in self.fields}
+        src = sources[field]
+        out = _empty_tensor((len(rows), *src.array.shape[1:]), src.torch_dtype)
         if len(rows) == 0:
             return out
+        target = out.numpy()
         if sorted_unique(rows):
-            if isinstance(array, np.ndarray) and dtype == native:
-                np.take(np.asarray(array), rows, axis=0, out=target)
+            if src.direct:
+                np.take(src.array, rows, axis=0, out=target)
             else:
-                target[...] = _take(array, rows)
+                target[...] = _take(src.array, rows)
             return out
         unique, inverse = np.unique(rows, return_inverse=True)
-        np.take(_take(array, unique), inverse.reshape(-1), axis=0, out=target)
+        np.take(_take(src.array, unique), inverse.reshape(-1), axis=0, out=target)
         return out
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_readers"] = None  # maps are made again in each process
+        state["_sources"] = None
         return state
 
     def __repr__(self) -> str:
@@ -240,13 +244,24 @@ class StoreDataset(Dataset[Any]):
         )
 
 
-def _empty_tensor(shape: tuple[int, ...], dtype: np.dtype[Any]) -> torch.Tensor:
+class _Source:
+    """A dense field as ``__getitems__`` reads it: the array, its tensor dtype, the fast path."""
+
+    def __init__(self, array: Any) -> None:
+        dtype = np.dtype(array.dtype)
+        native = dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
+        self.array = np.asarray(array) if isinstance(array, np.ndarray) else array
+        self.torch_dtype = torch.from_numpy(np.empty(0, dtype=native)).dtype
+        self.direct = isinstance(array, np.ndarray) and dtype == native
+        """``np.take(..., out=)`` straight from the array (a memmap of native dtype)."""
+
+
+def _empty_tensor(shape: tuple[int, ...], kind: torch.dtype) -> torch.Tensor:
     """An uninitialised tensor; in a DataLoader worker, in shared memory.
 
     A worker sends its batch to the main process through shared memory: a tensor that is
     there already is sent as a handle, not copied (torch's default collate does the same).
     """
-    kind = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
     if get_worker_info() is not None:
         try:
             proto = torch.empty(0, dtype=kind)
