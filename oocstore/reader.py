@@ -462,7 +462,7 @@ class Store:
     def to_tf(
         self,
         batch_size: int | None = None,
-        shuffle: bool = False,
+        shuffle: ShuffleLike = False,
         *,
         seed: int | None = None,
         drop_last: bool = False,
