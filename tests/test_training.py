@@ -50,6 +50,7 @@ def xy(tmp_path: Path) -> oocstore.Store:
     block_rows=st.integers(1, 20),
     seed=st.integers(0, 2**32),
     epoch=st.integers(0, 3),
+    buckets=st.none() | st.integers(1, 4) | st.just([5.0, 20.0]),
 )
 def test_each_epoch_partitions_the_samples_across_ranks(
     length: int,
@@ -61,7 +62,10 @@ def test_each_epoch_partitions_the_samples_across_ranks(
     block_rows: int,
     seed: int,
     epoch: int,
+    buckets: int | list[float] | None,
 ) -> None:
+    keys = (np.arange(length) * 7919) % 31  # sizes 0..30, in no particular order
+
     def order(rank: int) -> EpochOrder:
         return EpochOrder(
             length,
@@ -75,29 +79,41 @@ def test_each_epoch_partitions_the_samples_across_ranks(
             world_size=world_size,
             remainder=remainder,
             drop_last=drop_last,
+            bucket_keys=keys,
+            buckets=buckets,
         )
 
     orders = [order(r) for r in range(world_size)]
     per_rank = [o.epoch_rows(epoch) for o in orders]
     counts = {len(rows) for rows in per_rank}
     assert len(counts) == 1  # equal counts on every rank
-    each = -(-length // world_size) if remainder == "pad" else length // world_size
-    assert orders[0].samples == each
-    assert counts == {each // batch_size * batch_size if drop_last else each}
-    for o, rows in zip(orders, per_rank, strict=True):
+    assert counts == {orders[0].samples}
+    for o in orders:
         sizes = [len(o.batch_rows(epoch, k)) for k in range(len(o))]
-        assert all(s == batch_size for s in sizes[:-1])
-        assert 0 < sizes[-1] <= batch_size if sizes else each < batch_size
-        assert len(set(rows.tolist())) == len(rows) or length < world_size  # no repeat in a rank
+        assert sizes == [len(orders[0].batch_rows(epoch, k)) for k in range(len(o))]
+        assert all(0 < s <= batch_size for s in sizes)
+        if buckets is None:
+            assert all(s == batch_size for s in sizes[:-1])
+        else:  # each batch from one bucket
+            for k in range(len(o)):
+                assert len(set(o._bucket_of[o.batch_rows(epoch, k)].tolist())) == 1
+        if drop_last:
+            assert set(sizes) <= {batch_size}
     everything = Counter(np.concatenate(per_rank).tolist())
     assert set(everything) <= set(range(length))
-    if remainder == "drop" or length % world_size == 0:
-        assert max(everything.values(), default=1) == 1  # each sample on exactly one rank
+    if buckets is None:
+        each = -(-length // world_size) if remainder == "pad" else length // world_size
+        assert orders[0].samples == (each // batch_size * batch_size if drop_last else each)
+        for rows in per_rank:
+            assert len(set(rows.tolist())) == len(rows) or length < world_size  # no repeats
+        if remainder == "drop" or length % world_size == 0:
+            assert max(everything.values(), default=1) == 1  # each sample on one rank only
+    elif remainder == "drop" or world_size == 1:
+        assert max(everything.values(), default=1) == 1
     if not drop_last:
         if remainder == "pad":
             assert set(everything) == set(range(length))  # nothing left out
-            assert sum(everything.values()) == each * world_size
-        else:
+        elif buckets is None:
             assert len(everything) == length // world_size * world_size
 
 
@@ -242,6 +258,10 @@ def test_bad_arguments(xy: oocstore.Store) -> None:
         xy.batches(4, shuffle="window")  # type: ignore[arg-type]
     with pytest.raises(oocstore.SamplingError, match="remainder must be 'pad' or 'drop'"):
         xy.batches(4, rank=0, world_size=2, remainder="repeat")
+    torch = pytest.importorskip("torch")
+    assert torch
+    with pytest.raises(oocstore.SamplingError, match="bucket_field must be a ragged field to"):
+        xy.loader(4, buckets=3)
 
 
 # -- store.loader -------------------------------------------------------------------------------
@@ -381,3 +401,43 @@ def test_world_size_processes_partition_each_epoch(xy: oocstore.Store, tmp_path:
     assert {len(d) for d in dropped} == {51}
     together = np.concatenate(dropped).tolist()
     assert len(set(together)) == len(together) == 102  # each sample on exactly one rank
+
+
+@pytest.mark.filterwarnings("ignore::oocstore.PaddingWarning")
+@pytest.mark.parametrize("ragged", ["pad", "pack"])
+def test_loader_buckets_pad_each_batch_to_its_own_shape(tmp_path: Path, ragged: str) -> None:
+    rng = np.random.default_rng(0)
+    seqs = [np.arange(n, dtype=np.int32) + 1 for n in rng.integers(1, 40, 120)]
+    store = oocstore.write(
+        [(seqs, np.arange(120))], tmp_path / "s.ooc", names=("tok", "id"), ragged=ragged
+    )
+    assert store.layout("tok") == ("padded" if ragged == "pad" else "packed")
+    loader = store.loader(16, shuffle=True, seed=0, buckets=4)
+    got = list(loader)
+    assert sorted(torch.cat([i for _, i, _ in got]).tolist()) == list(range(120))
+    wasted = 0
+    for tok, ids, mask in got:
+        lengths = [len(seqs[i]) for i in ids.tolist()]
+        assert tok.shape == mask.shape == (len(ids), max(lengths))  # the batch's own longest
+        for row, valid, n, i in zip(tok, mask, lengths, ids.tolist(), strict=True):
+            assert int(valid.sum()) == n
+            np.testing.assert_array_equal(row[:n].numpy(), seqs[i])
+            assert not row[n:].any()
+        wasted += int((~mask).sum())
+    unbucketed = sum(int((~m).sum()) for _, _, m in store.loader(16, shuffle=True, seed=0))
+    assert wasted < unbucketed / 2
+    # Resumes like any other order.
+    first = store.loader(16, shuffle=True, seed=0, buckets=4)
+    head = [int(v) for _, i, _ in itertools.islice(first, 3) for v in i]
+    again = store.loader(16, shuffle=True, seed=0, buckets=4)
+    again.load_state_dict(first.state_dict())
+    assert (
+        head + [int(v) for _, i, _ in again for v in i]
+        == torch.cat([i for _, i, _ in got]).tolist()
+    )
+    with pytest.raises(oocstore.StateDictError, match="buckets"):
+        store.loader(16, shuffle=True, seed=0).load_state_dict(first.state_dict())
+    with pytest.raises(oocstore.SamplingError, match="bucket_field must be a ragged"):
+        store.loader(16, buckets=4, bucket_field="id")
+    with pytest.raises(oocstore.SamplingError, match="buckets must be increasing boundaries"):
+        store.loader(16, buckets=[10, 5])

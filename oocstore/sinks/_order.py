@@ -124,6 +124,8 @@ class EpochOrder:
         world_size: int | None = None,
         remainder: str = "pad",
         drop_last: bool = False,
+        bucket_keys: np.ndarray | None = None,
+        buckets: int | Sequence[float] | None = None,
     ) -> None:
         self.length = int(length)
         self.batch_size = as_batch_size(batch_size)
@@ -155,12 +157,82 @@ class EpochOrder:
             total = n // w * w
         else:
             total = -(-n // w) * w
-        self.samples = total // w
-        """Samples this rank gets per epoch."""
-        b = self.batch_size
-        self.num_batches = self.samples // b if self.drop_last else -(-self.samples // b)
-        self._cache: dict[int, Any] = {}
+        share, b = total // w, self.batch_size
+        self.num_batches = share // b if self.drop_last else -(-share // b)
+        self.samples = self.num_batches * b if self.drop_last else share
+        """Samples this rank gets per epoch (after ``drop_last``)."""
+        self.boundaries: list[float] | None = None
+        """Bucket boundaries of the samples' keys (None: no buckets)."""
+        self._bucket_of: np.ndarray | None = None
+        if buckets is not None:
+            self._set_buckets(bucket_keys, buckets)
+        self._cache: dict[Any, Any] = {}
         self._lock = threading.Lock()
+
+    def _set_buckets(self, keys: np.ndarray | None, buckets: int | Sequence[float]) -> None:
+        """Group each epoch's batches by bucket of ``keys`` (one per sample)."""
+        if keys is None or len(keys) != self.length:
+            msg = "buckets need one key per sample (bucket_keys)"
+            raise ValueError(msg)
+        keys = np.asarray(keys, dtype=np.float64)
+        if isinstance(buckets, int | np.integer) and not isinstance(buckets, bool):
+            if buckets < 1:
+                raise SamplingError("buckets", buckets, "a positive count or a list of boundaries")
+            # Quantiles: buckets of about equal counts.
+            qs = np.quantile(keys, np.linspace(0, 1, int(buckets) + 1)[1:-1]) if len(keys) else []
+            bounds = sorted({float(q) for q in qs})
+        elif isinstance(buckets, Sequence) and not isinstance(buckets, str):
+            bounds = [float(v) for v in buckets]
+            if any(b >= a for a, b in zip(bounds[1:], bounds, strict=False)):
+                raise SamplingError("buckets", buckets, "increasing boundaries")
+        else:
+            raise SamplingError("buckets", buckets, "a positive count or a list of boundaries")
+        self.boundaries = bounds
+        # Bucket i holds keys in [bounds[i-1], bounds[i]): key < bounds[0] is bucket 0.
+        self._bucket_of = np.searchsorted(np.asarray(bounds), keys, side="right")
+        w, big = self.world_size, self.batch_size * self.world_size
+        counts = np.bincount(self._bucket_of, minlength=len(bounds) + 1)
+        num_batches = samples = 0
+        for c in counts.tolist():
+            c = -(-c // w) * w if self.remainder == "pad" else c // w * w
+            full, rest = divmod(c, big)
+            kept = full * big + (0 if self.drop_last else rest)
+            num_batches += full + (1 if rest and not self.drop_last else 0)
+            samples += kept // w
+        self.num_batches = num_batches
+        self.samples = samples
+
+    def _bucket_batches(self, epoch: int) -> list[np.ndarray]:
+        """The epoch's global batches (``batch_size * world_size`` rows), bucket by bucket.
+
+        Each bucket takes its samples in the epoch's order, is padded (by repeating its first
+        samples) or cut to a multiple of ``world_size``, and is cut into global batches; the
+        batches are then shuffled (unless ``shuffle=False``). Rank ``r`` takes ``[r::world]``
+        of each, so every rank has as many batches, and of the same sizes.
+        """
+        assert self._bucket_of is not None
+        order = self._span(epoch, 0, self.length)
+        which = self._bucket_of[order]
+        w, big = self.world_size, self.batch_size * self.world_size
+        out: list[np.ndarray] = []
+        for bucket in range(len(self.boundaries or []) + 1):
+            members = order[which == bucket]
+            if not len(members):
+                continue
+            if self.remainder == "pad":
+                need = -len(members) % w
+                members = np.concatenate([members, np.resize(members, need)])
+            else:
+                members = members[: len(members) // w * w]
+            for start in range(0, len(members), big):
+                chunk = members[start : start + big]
+                if len(chunk) == big or (len(chunk) and not self.drop_last):
+                    out.append(chunk)
+        if self.mode != "none":
+            seq = np.random.SeedSequence(self.seed, spawn_key=(epoch, 2))
+            perm = np.random.default_rng(seq).permutation(len(out))
+            out = [out[i] for i in perm]
+        return out
 
     def __len__(self) -> int:
         return self.num_batches
@@ -214,6 +286,16 @@ class EpochOrder:
         if not 0 <= k < self.num_batches:
             msg = f"batch {k} out of range for {self.num_batches} batches"
             raise IndexError(msg)
+        if self._bucket_of is not None:
+            with self._lock:
+                batches = self._cache.get(("buckets", epoch))
+            if batches is None:
+                batches = self._bucket_batches(epoch)
+                with self._lock:
+                    if len(self._cache) >= 4:
+                        self._cache.pop(next(iter(self._cache)))
+                    self._cache[("buckets", epoch)] = batches
+            return np.asarray(batches[k][self.rank :: self.world_size], dtype=np.int64)
         lo = k * self.batch_size
         hi = min(lo + self.batch_size, self.samples)
         w = self.world_size
@@ -246,6 +328,7 @@ class EpochOrder:
             "remainder": self.remainder,
             "block_rows": self.block_rows,
             "window": self.window,
+            "buckets": self.boundaries,
         }
 
     def resume(self, state: Any) -> tuple[int, int]:
@@ -275,6 +358,8 @@ class EpochOrder:
         for key in ("batch_size", "drop_last", "world_size", "remainder"):
             if state.get(key) != getattr(self, key):
                 raise StateDictError(key, state.get(key), getattr(self, key))
+        if state.get("buckets") != self.boundaries:
+            raise StateDictError("buckets", state.get("buckets"), self.boundaries)
         if self.mode == "block":
             for key in ("block_rows", "window"):
                 if state.get(key) != getattr(self, key):

@@ -21,8 +21,10 @@ per field (the batch's sorted unique rows, then put back in the caller's order) 
 tensors -- in shared memory inside a worker, so the batch crosses to the main process without
 another copy -- and returns a :class:`StoreBatch`: a sequence of per-sample tuples (views),
 so torch's default collate still stacks it correctly, that also holds the stacked batch, which
-:func:`collate` (the collate function of :func:`loader`) hands on as it is. Ragged fields and
-per-sample ``transform`` fall back to reading sample by sample.
+:func:`collate` (the collate function of :func:`loader`) hands on as it is. A ragged field's
+batch is padded to the batch's own largest true shape, and its mask follows the fields (its
+samples, as a sequence, keep their true shapes); a per-sample ``transform`` falls back to
+reading sample by sample.
 
 Workers
 -------
@@ -45,6 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
+from ..errors import SamplingError
 from ..ragged import region
 from ._batches import BLOCK_BYTES, WINDOW, _take, sorted_unique
 from ._order import EpochOrder, ShuffleLike, block_rows_for
@@ -122,7 +125,8 @@ class StoreDataset(Dataset[Any]):
 
     ``dataset.__getitems__(indices)`` (what a ``DataLoader`` calls for each batch) reads the
     batch with one gather per field and gives a [`StoreBatch`][oocstore.sinks.torch.StoreBatch]
-    holding ``(batch_a, batch_b, ...)`` (each with a batch axis), or ``batch_transform`` of it.
+    holding ``(batch_a, batch_b, ...)`` (each with a batch axis), or ``batch_transform`` of it;
+    ragged fields are padded to the batch's largest shape, their masks appended.
     """
 
     def __init__(
@@ -145,8 +149,8 @@ class StoreDataset(Dataset[Any]):
         self.length = len(store)
         self._readers: list[Reader] | None = None
         self._sources: dict[str, _Source] | None = None
-        self.batched = transform is None and all(store.layout(f) == "dense" for f in self.fields)
-        """Does ``__getitems__`` read whole batches (dense fields, no per-sample transform)?"""
+        self.batched = transform is None
+        """Does ``__getitems__`` read whole batches (no per-sample ``transform``)?"""
 
     def _file(self, array_name: str) -> Path | None:
         """The file holding a physical array, by the backends' documented layouts."""
@@ -206,30 +210,35 @@ class StoreDataset(Dataset[Any]):
             msg = f"sample {int(rows[bad][0])} out of range for {self.length} samples"
             raise IndexError(msg)
         rows = np.where(rows < 0, rows + self.length, rows)
-        batch = tuple(self._gather(f, rows) for f in self.fields)
+        sources = self._sources
+        if sources is None:  # once per process: the arrays, shapes and dtypes
+            sources = self._sources = {f: _Source(self.store, f, self.length) for f in self.fields}
+        values: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        shapes: list[np.ndarray | None] = []
+        for f in self.fields:
+            src = sources[f]
+            if src.shapes is None:
+                values.append(_gather(src, rows))
+                shapes.append(None)
+            else:
+                value, mask, true = _gather_ragged(src, rows)
+                values.append(value)
+                masks.append(mask)
+                shapes.append(true)
+        batch = (*values, *masks)
         if self.batch_transform is not None:
             return StoreBatch(self.batch_transform(batch), len(rows))
-        return StoreBatch(batch, len(rows))
+        if not masks:
+            return StoreBatch(batch, len(rows))
 
-    def _gather(self, field: str, rows: np.ndarray) -> torch.Tensor:
-        """One field's rows as a fresh tensor: one gather of the sorted unique rows."""
-        sources = self._sources
-        if sources is None:  # once per process: the arrays and their dtypes
-            sources = self._sources = {f: _Source(self.store[f]) for f in self.fields}
-        src = sources[field]
-        out = _empty_tensor((len(rows), *src.array.shape[1:]), src.torch_dtype)
-        if len(rows) == 0:
-            return out
-        target = out.numpy()
-        if sorted_unique(rows):
-            if src.direct:
-                np.take(src.array, rows, axis=0, out=target)
-            else:
-                target[...] = _take(src.array, rows)
-            return out
-        unique, inverse = np.unique(rows, return_inverse=True)
-        np.take(_take(src.array, unique), inverse.reshape(-1), axis=0, out=target)
-        return out
+        def sample(i: int) -> tuple[torch.Tensor, ...]:  # true shapes, as dataset[i] gives
+            return tuple(
+                v[i] if t is None else v[region(i, t[i])]
+                for v, t in zip(values, shapes, strict=True)
+            )
+
+        return StoreBatch(batch, len(rows), sample)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -245,15 +254,66 @@ class StoreDataset(Dataset[Any]):
 
 
 class _Source:
-    """A dense field as ``__getitems__`` reads it: the array, its tensor dtype, the fast path."""
+    """A field as ``__getitems__`` reads it: the array, its true shapes, its tensor dtype."""
 
-    def __init__(self, array: Any) -> None:
+    def __init__(self, store: Store, field: str, length: int) -> None:
+        array = store[field]
+        layout = store.manifest.layout(field)
         dtype = np.dtype(array.dtype)
         native = dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
         self.array = np.asarray(array) if isinstance(array, np.ndarray) else array
+        self.kind = layout.kind
+        self.fill = layout.fill if layout.kind == "padded" else 0
+        self.shapes = None if layout.kind == "dense" else np.asarray(store.shapes(field)[:length])
+        """True shapes of a ragged field's samples; None for a dense field."""
+        self.sample_shape = tuple(store.schema[field].shape)
         self.torch_dtype = torch.from_numpy(np.empty(0, dtype=native)).dtype
         self.direct = isinstance(array, np.ndarray) and dtype == native
         """``np.take(..., out=)`` straight from the array (a memmap of native dtype)."""
+
+
+def _gather(src: _Source, rows: np.ndarray) -> torch.Tensor:
+    """A dense field's rows as a fresh tensor: one gather of the sorted unique rows."""
+    out = _empty_tensor((len(rows), *src.sample_shape), src.torch_dtype)
+    if len(rows) == 0:
+        return out
+    target = out.numpy()
+    if sorted_unique(rows):
+        if src.direct:
+            np.take(src.array, rows, axis=0, out=target)
+        else:
+            target[...] = _take(src.array, rows)
+        return out
+    unique, inverse = np.unique(rows, return_inverse=True)
+    np.take(_take(src.array, unique), inverse.reshape(-1), axis=0, out=target)
+    return out
+
+
+def _gather_ragged(src: _Source, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """A ragged field's rows padded to the batch's own largest shape, its mask, true shapes.
+
+    Each sample's true region is copied (in increasing row order) into a batch filled with the
+    field's fill value (0 for packed fields).
+    """
+    assert src.shapes is not None
+    true = src.shapes[rows]
+    bound = tuple(int(d) for d in true.max(axis=0)) if len(rows) else (0,) * true.shape[1]
+    out = _empty_tensor((len(rows), *bound), src.torch_dtype)
+    target = out.numpy()
+    target[...] = src.fill
+    for j in np.argsort(rows, kind="stable").tolist():
+        at = region(j, true[j])
+        if src.kind == "packed":
+            target[at] = src.array[int(rows[j])]
+        else:
+            target[at] = src.array[region(int(rows[j]), true[j])]
+    mask = np.ones((len(rows), *bound), dtype=bool)
+    for axis, size in enumerate(bound):
+        ticks = np.arange(size).reshape(
+            (1,) * (axis + 1) + (size,) + (1,) * (len(bound) - 1 - axis)
+        )
+        mask &= ticks < true[:, axis].reshape((-1,) + (1,) * len(bound))
+    return out, torch.from_numpy(mask), true
 
 
 def _empty_tensor(shape: tuple[int, ...], kind: torch.dtype) -> torch.Tensor:
@@ -296,10 +356,11 @@ class StoreBatch(Sequence[Any]):
     [`collate`][oocstore.sinks.torch.collate] returns ``batch`` without that copy.
     """
 
-    def __init__(self, batch: Any, size: int) -> None:
+    def __init__(self, batch: Any, size: int, sample: Callable[[int], Any] | None = None) -> None:
         self.batch = batch
         """The batch: a tuple of tensors (one per field), or ``batch_transform`` of it."""
         self.size = size
+        self._sample = sample
 
     def __len__(self) -> int:
         return self.size
@@ -308,6 +369,8 @@ class StoreBatch(Sequence[Any]):
         if not isinstance(i, int) or not -self.size <= i < self.size:
             msg = f"sample {i!r} out of range for a batch of {self.size}"
             raise IndexError(msg)
+        if self._sample is not None:
+            return self._sample(i % self.size)
         return _item(self.batch, i % self.size)
 
 
@@ -416,6 +479,8 @@ def loader(
     remainder: str = "pad",
     block_rows: int | None = None,
     window: int = WINDOW,
+    buckets: int | Sequence[float] | None = None,
+    bucket_field: str | None = None,
     **options: Any,
 ) -> StoreLoader:
     """A ``DataLoader`` that reads whole batches: one gather per field, no per-sample collate.
@@ -454,6 +519,15 @@ def loader(
         the epoch's last ``length % world_size`` so each sample goes to exactly one rank.
     block_rows, window
         Rows per block and blocks per window of ``shuffle="block"`` (default ~1 MiB, 16).
+    buckets
+        Group the samples of a ragged field by size: a count (boundaries at quantiles, so
+        buckets hold about as many samples) or increasing boundaries of the number of
+        elements of a sample's true shape (bucket ``i`` holds sizes in
+        ``[boundaries[i-1], boundaries[i])``). Each batch then comes from one bucket (the
+        epoch's order within each bucket; the batches shuffled unless ``shuffle=False``), so
+        padding each batch to its own largest shape wastes little.
+    bucket_field
+        The ragged field whose sizes make the buckets (default: the only ragged field).
     **options
         Passed to ``DataLoader`` (``prefetch_factor``, ``persistent_workers``,
         ``multiprocessing_context``, ``collate_fn``...).
@@ -461,14 +535,17 @@ def loader(
     Returns
     -------
     StoreLoader
-        A ``DataLoader`` whose batches are tuples of tensors with a batch axis (or
-        ``transform`` of them), with ``state_dict()`` and ``load_state_dict()``.
+        A ``DataLoader`` whose batches are tuples of tensors with a batch axis, one per field
+        (or ``transform`` of them), with ``state_dict()`` and ``load_state_dict()``. A ragged
+        (padded or packed) field gives its batch padded to the batch's own largest true shape,
+        and its boolean mask (True on each sample's true region) follows the fields: fields
+        ``("tokens", "label")`` give ``(tokens, label, tokens_mask)``.
 
     Raises
     ------
     SamplingError
-        If ``batch_size`` is not positive, ``shuffle`` is unknown, or ``rank`` is not in
-        ``range(world_size)``.
+        If ``batch_size`` is not positive, ``shuffle`` is unknown, ``rank`` is not in
+        ``range(world_size)``, or ``buckets`` has no ragged field to group by.
     KeyError
         If a field is not in the store.
     """
@@ -478,6 +555,10 @@ def loader(
     if block_rows is not None and block_rows < 1:
         msg = f"block_rows must be positive, not {block_rows!r}"
         raise ValueError(msg)
+    keys = None
+    if buckets is not None:
+        field = _bucket_field(store, fields, bucket_field)
+        keys = np.prod(np.asarray(store.shapes(field)[: len(store)]), axis=1)
     order = EpochOrder(
         len(store),
         batch_size,
@@ -491,5 +572,21 @@ def loader(
         world_size=world_size,
         remainder=remainder,
         drop_last=drop_last,
+        bucket_keys=keys,
+        buckets=buckets,
     )
     return StoreLoader(dataset, order, num_workers=num_workers, pin_memory=pin_memory, **options)
+
+
+def _bucket_field(store: Store, fields: Sequence[str], given: str | None) -> str:
+    """The ragged field whose sample sizes make the buckets."""
+    if given is not None:
+        store.resolve_fields([given])
+        if store.layout(given) == "dense":
+            raise SamplingError("bucket_field", given, "a ragged (padded or packed) field")
+        return given
+    ragged = [f for f in fields if store.layout(f) != "dense"]
+    if len(ragged) != 1:
+        expected = "given: several fields are ragged" if ragged else "a ragged field to group by"
+        raise SamplingError("bucket_field", given, expected)
+    return ragged[0]
