@@ -209,6 +209,11 @@ def test_batches_resume_on_every_backend(store_path: Path, shuffle: str) -> None
         return oocstore.sinks.Batches(store, 8, shuffle=shuffle, seed=2, block_rows=5, window=2)
 
     expected = list(make())
+    indexed = make()  # as Keras reads it: batches[i], the same batches as iterating
+    for i, (ix, iy) in enumerate(indexed[i] for i in range(len(indexed))):
+        np.testing.assert_array_equal(iy, expected[i][1])
+        np.testing.assert_array_equal(ix, expected[i][0])
+    assert all((np.diff(y) > 0).all() for _, y in expected)  # rows increase within a batch
     first = make()
     head = [b for _, b in zip(range(5), first, strict=False)]
     again = make()

@@ -21,8 +21,9 @@ starts a new, different epoch each time, the same seed replays the same epochs, 
 
 Reads
 -----
-Memory-mapped fields are read one batch at a time with one gather of the batch's sorted rows
-per field (numpy's fancy index on the map), then put in the epoch's order. Lazy fields (Zarr,
+Shuffling decides which rows make each batch and the order of the batches; within a batch the
+rows come in increasing order. Memory-mapped fields are read one batch at a time with one
+gather of the batch's rows per field (numpy's fancy index on the map). Lazy fields (Zarr,
 chunked HDF5) shuffled by blocks on one rank are read a window at a time, one contiguous slice
 per block, so each chunk is decoded once per epoch.
 """
@@ -221,7 +222,7 @@ class Batches:
                 have += take
                 pos += take
                 if have == self.batch_size:
-                    batch = _join(pending)
+                    batch = self._sorted(plan, k, _join(pending))
                     pending, have = [], 0
                     self._gave(epoch, k)
                     k += 1
@@ -229,9 +230,16 @@ class Batches:
             w += 1
             pos = 0
         if pending and k < len(self):
-            batch = _join(pending)
+            batch = self._sorted(plan, k, _join(pending))
             self._gave(epoch, k)
             yield batch
+
+    def _sorted(self, plan: _Plan, k: int, batch: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Batch ``k`` with its rows in increasing order, as ``EpochOrder.batch_rows`` has them."""
+        lo = k * self.batch_size
+        rows = plan.rows(lo, min(lo + self.batch_size, self.order.samples))
+        order = np.argsort(rows, kind="stable")
+        return tuple([d[i] for i in order] if isinstance(d, list) else d[order] for d in batch)
 
     # -- random access, as Keras uses it -----------------------------------------------------
 

@@ -17,6 +17,8 @@ Shuffle modes
     ``"sample"`` when the fields read fit in half the memory available now (psutil), else
     ``"block"``. The choice is recorded in ``state_dict()``.
 
+Within a batch, rows come in increasing order (see :meth:`EpochOrder.batch_rows`).
+
 Sharding
 --------
 With ``world_size`` ranks the epoch's (global) order is first cut to a multiple of
@@ -282,7 +284,16 @@ class EpochOrder:
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
     def batch_rows(self, epoch: int, k: int) -> np.ndarray:
-        """Rows of this rank's batch ``k`` of ``epoch``, in the epoch's order."""
+        """Rows of this rank's batch ``k`` of ``epoch``, in increasing order.
+
+        Shuffling decides which rows make each batch and the order of the batches; within a
+        batch the rows are sorted, so each field is read with one gather in increasing order
+        and nothing has to be put back in another order afterwards (a batch's loss does not
+        depend on the order of its samples).
+        """
+        return np.sort(self._batch_rows(epoch, k))
+
+    def _batch_rows(self, epoch: int, k: int) -> np.ndarray:
         if not 0 <= k < self.num_batches:
             msg = f"batch {k} out of range for {self.num_batches} batches"
             raise IndexError(msg)
