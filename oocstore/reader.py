@@ -448,16 +448,52 @@ class Store:
             self, fields=fields, transform=transform, batch_transform=batch_transform
         )
 
-    def loader(self, batch_size: int, **options: Any) -> StoreLoader:
+    def loader(
+        self,
+        batch_size: int,
+        *,
+        shuffle: ShuffleLike = False,
+        seed: int | None = None,
+        num_workers: int = 0,
+        drop_last: bool = False,
+        fields: Sequence[str] | None = None,
+        transform: Callable[[tuple[Any, ...]], Any] | None = None,
+        pin_memory: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        remainder: str = "pad",
+        buckets: int | Sequence[float] | None = None,
+        bucket_field: str | None = None,
+        **options: Any,
+    ) -> StoreLoader:
         """A ``torch.utils.data.DataLoader`` reading whole batches, resumable and shardable.
 
-        ``loader(batch_size, shuffle=False, seed=None, num_workers=0, drop_last=False,
-        fields=None, transform=None, pin_memory=False, rank=None, world_size=None,
-        remainder="pad", ...)``: see [`loader`][oocstore.sinks.torch.loader] (imports torch).
+        One gather per field per batch, no per-sample collate; ``transform`` applies to each
+        batch in the worker that read it; ``state_dict()``/``load_state_dict()`` resume an
+        epoch exactly; ``rank``/``world_size`` (default: from ``torch.distributed`` when
+        initialised) shard it; ``buckets`` group a ragged field's samples by size. Other
+        ``options`` go to ``DataLoader``. See [`loader`][oocstore.sinks.torch.loader]
+        (imports torch).
         """
         from .sinks.torch import loader
 
-        return loader(self, batch_size, **options)
+        return loader(
+            self,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            num_workers=num_workers,
+            drop_last=drop_last,
+            fields=fields,
+            transform=transform,
+            pin_memory=pin_memory,
+            rank=rank,
+            world_size=world_size,
+            remainder=remainder,
+            buckets=buckets,
+            bucket_field=bucket_field,
+            **options,
+        )
 
     def to_tf(
         self,
