@@ -213,13 +213,15 @@ class StoreDataset(Dataset[Any]):
         sources = self._sources
         if sources is None:  # once per process: the arrays, shapes and dtypes
             sources = self._sources = {f: _Source(self.store, f, self.length) for f in self.fields}
+        # One sort for all fields: the batch's sorted unique rows and where each goes.
+        plan = None if sorted_unique(rows) else np.unique(rows, return_inverse=True)
         values: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
         shapes: list[np.ndarray | None] = []
         for f in self.fields:
             src = sources[f]
             if src.shapes is None:
-                values.append(_gather(src, rows))
+                values.append(_gather(src, rows, plan))
                 shapes.append(None)
             else:
                 value, mask, true = _gather_ragged(src, rows)
@@ -272,19 +274,25 @@ class _Source:
         """``np.take(..., out=)`` straight from the array (a memmap of native dtype)."""
 
 
-def _gather(src: _Source, rows: np.ndarray) -> torch.Tensor:
-    """A dense field's rows as a fresh tensor: one gather of the sorted unique rows."""
+def _gather(
+    src: _Source, rows: np.ndarray, plan: tuple[np.ndarray, np.ndarray] | None
+) -> torch.Tensor:
+    """A dense field's rows as a fresh tensor: one gather of the sorted unique rows.
+
+    ``plan`` is None when ``rows`` are sorted and unique already (the loader's batches are),
+    else ``np.unique(rows, return_inverse=True)``: the gather is then put in ``rows``' order.
+    """
     out = _empty_tensor((len(rows), *src.sample_shape), src.torch_dtype)
     if len(rows) == 0:
         return out
     target = out.numpy()
-    if sorted_unique(rows):
+    if plan is None:
         if src.direct:
             np.take(src.array, rows, axis=0, out=target)
         else:
             target[...] = _take(src.array, rows)
         return out
-    unique, inverse = np.unique(rows, return_inverse=True)
+    unique, inverse = plan
     np.take(_take(src.array, unique), inverse.reshape(-1), axis=0, out=target)
     return out
 
