@@ -26,7 +26,9 @@ __all__ = [
     "PaddingWarning",
     "RaggedError",
     "SampleTooLargeError",
+    "SamplingError",
     "SchemaError",
+    "StateDictError",
     "StoreExistsError",
     "StoreLockedError",
     "StoreNotFoundError",
@@ -257,6 +259,35 @@ class UnsupportedStorageError(OocstoreError, ValueError):
 
 class WorkerFailedError(OocstoreError, RuntimeError):
     """A worker process died (killed, out of memory) before it finished its rows."""
+
+
+class SamplingError(OocstoreError, ValueError):
+    """A bad argument to a batch sampler or loader over a store.
+
+    ``batch_size`` that is not positive, an unknown ``shuffle`` mode, or a ``rank`` outside
+    ``range(world_size)``; ``argument`` and ``value`` name what was given.
+    """
+
+    def __init__(self, argument: str, value: Any, expected: str) -> None:
+        self.argument = argument
+        self.value = value
+        super().__init__(f"{argument} must be {expected}, not {value!r}")
+
+
+class StateDictError(OocstoreError, ValueError):
+    """A ``state_dict`` given to ``load_state_dict`` does not belong to this loader or batches.
+
+    ``key`` is the setting that differs; ``saved`` and ``current`` its two values.
+    """
+
+    def __init__(self, key: str, saved: Any, current: Any, hint: str = "") -> None:
+        self.key = key
+        self.saved = saved
+        self.current = current
+        msg = f"cannot resume: the state dict was saved with {key}={saved!r}, this has {current!r}"
+        if hint:
+            msg += f"; {hint}"
+        super().__init__(msg)
 
 
 class IngestError(OocstoreError, ValueError):

@@ -27,8 +27,8 @@ from .schema import Schema
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .sinks import Batches
-    from .sinks.torch import StoreDataset
+    from .sinks import Batches, ShuffleLike
+    from .sinks.torch import StoreDataset, StoreLoader
 
 __all__ = ["Damage", "PackedArray", "Store", "open"]
 
@@ -427,21 +427,74 @@ class Store:
         self,
         fields: Sequence[str] | None = None,
         transform: Callable[[tuple[Any, ...]], Any] | None = None,
+        batch_transform: Callable[[tuple[Any, ...]], Any] | None = None,
     ) -> StoreDataset:
         """A map-style ``torch.utils.data.Dataset``: ``[i]`` is a tuple of tensors, one per field.
 
         Memory-mapped fields give zero-copy tensors (copy-on-write maps: writing to one never
-        reaches the file); the dataset pickles small, so DataLoader workers open the store
-        themselves. See [`StoreDataset`][oocstore.sinks.torch.StoreDataset].
+        reaches the file); a ``DataLoader`` batch is read with one gather per field
+        (``__getitems__``); the dataset pickles small, so DataLoader workers open the store
+        themselves. ``transform`` applies to each sample, ``batch_transform`` to each batch.
+        See [`StoreDataset`][oocstore.sinks.torch.StoreDataset] and
+        [`Store.loader`][oocstore.Store.loader].
         """
         from .sinks.torch import StoreDataset
 
-        return StoreDataset(self, fields=fields, transform=transform)
+        return StoreDataset(
+            self, fields=fields, transform=transform, batch_transform=batch_transform
+        )
+
+    def loader(
+        self,
+        batch_size: int,
+        *,
+        shuffle: ShuffleLike = False,
+        seed: int | None = None,
+        num_workers: int = 0,
+        drop_last: bool = False,
+        fields: Sequence[str] | None = None,
+        transform: Callable[[tuple[Any, ...]], Any] | None = None,
+        pin_memory: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        remainder: str = "pad",
+        buckets: int | Sequence[float] | None = None,
+        bucket_field: str | None = None,
+        **options: Any,
+    ) -> StoreLoader:
+        """A ``torch.utils.data.DataLoader`` reading whole batches, resumable and shardable.
+
+        One gather per field per batch, no per-sample collate; ``transform`` applies to each
+        batch in the worker that read it; ``state_dict()``/``load_state_dict()`` resume an
+        epoch exactly; ``rank``/``world_size`` (default: from ``torch.distributed`` when
+        initialised) shard it; ``buckets`` group a ragged field's samples by size. Other
+        ``options`` go to ``DataLoader``. See [`loader`][oocstore.sinks.torch.loader]
+        (imports torch).
+        """
+        from .sinks.torch import loader
+
+        return loader(
+            self,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            num_workers=num_workers,
+            drop_last=drop_last,
+            fields=fields,
+            transform=transform,
+            pin_memory=pin_memory,
+            rank=rank,
+            world_size=world_size,
+            remainder=remainder,
+            buckets=buckets,
+            bucket_field=bucket_field,
+            **options,
+        )
 
     def to_tf(
         self,
         batch_size: int | None = None,
-        shuffle: bool = False,
+        shuffle: ShuffleLike = False,
         *,
         seed: int | None = None,
         drop_last: bool = False,
@@ -472,21 +525,36 @@ class Store:
     def batches(
         self,
         batch_size: int,
-        shuffle: bool = False,
+        shuffle: ShuffleLike = False,
         seed: int | None = None,
         drop_last: bool = False,
         fields: Sequence[str] | None = None,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        remainder: str = "pad",
     ) -> Batches:
         """A re-iterable of NumPy batch tuples (``len()`` batches; each ``iter()`` an epoch).
 
-        Shuffling reads contiguous blocks, shuffled in windows, so it never turns into one
-        random read per sample; with Keras imported the result is a ``keras.utils.PyDataset``
-        that ``Model.fit`` accepts. See [`Batches`][oocstore.sinks.Batches].
+        ``shuffle="block"`` reads contiguous blocks, shuffled in windows, so it never turns
+        into one random read per sample; ``"sample"`` is a full permutation; ``True`` picks
+        by whether the fields fit in memory. ``state_dict()``/``load_state_dict()`` resume an
+        epoch; ``rank``/``world_size`` shard it. With Keras imported the result is a
+        ``keras.utils.PyDataset`` that ``Model.fit`` accepts. See
+        [`Batches`][oocstore.sinks.Batches].
         """
         from .sinks import batches
 
         return batches(
-            self, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, fields=fields
+            self,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            fields=fields,
+            rank=rank,
+            world_size=world_size,
+            remainder=remainder,
         )
 
     # -- life cycle --------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def test_batches_in_order(xy_store: oocstore.Store) -> None:
 def test_shuffled_epochs_hold_every_sample_once(
     xy_store: oocstore.Store, block_rows: int | None
 ) -> None:
-    batches = Batches(xy_store, 8, shuffle=True, seed=1, block_rows=block_rows, window=3)
+    batches = Batches(xy_store, 8, shuffle="block", seed=1, block_rows=block_rows, window=3)
     orders = []
     for _ in range(3):
         got = list(batches)

@@ -1,9 +1,9 @@
-"""``store.batches``: NumPy batches for training loops, shuffled by contiguous blocks.
+"""``store.batches``: NumPy batches for training loops, shuffled the way the disk can serve.
 
 Why blocks
 ----------
 A uniform shuffle of a store bigger than RAM reads one random sample at a time: one disk seek
-per sample, and the page cache does not help. Instead, each epoch:
+per sample, and the page cache does not help. ``shuffle="block"`` instead, each epoch:
 
 1. cuts the rows into blocks of about ``BLOCK_BYTES`` (1 MiB: big enough that a read of one
    costs about a seek's worth of transfer) and shuffles the order of the blocks;
@@ -13,18 +13,31 @@ per sample, and the page cache does not help. Instead, each epoch:
 
 Every sample comes exactly once per epoch; each batch mixes rows from ``window`` random places
 of the store, and a sample can land anywhere in the epoch's order. Disk reads stay 1 MiB-sized
-and memory stays at one window. The order is a function of ``(seed, epoch)``, so iterating
-starts a new, different epoch each time, and the same seed replays the same epochs.
+and memory stays at one window. ``shuffle="sample"`` is a full permutation, for stores that fit
+the page cache; ``shuffle=True`` picks one of the two from the memory available (see
+:mod:`oocstore.sinks._order`). The order is a function of ``(seed, epoch)``, so iterating
+starts a new, different epoch each time, the same seed replays the same epochs, and
+``state_dict()`` / ``load_state_dict()`` resume an epoch mid-way.
+
+Reads
+-----
+Shuffling decides which rows make each batch and the order of the batches; within a batch the
+rows come in increasing order. Memory-mapped fields are read one batch at a time with one
+gather of the batch's rows per field (numpy's fancy index on the map). Lazy fields (Zarr,
+chunked HDF5) shuffled by blocks on one rank are read a window at a time, one contiguous slice
+per block, so each chunk is decoded once per epoch.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ._order import EpochOrder, ShuffleLike, _is_packed, as_batch_size, block_rows_for
+from ._order import _Plan as _Plan  # re-exported: tests and older imports name it here
 
 if TYPE_CHECKING:
     from ..reader import Store
@@ -47,6 +60,11 @@ class Batches:
     Keras imported, [`Store.batches`][oocstore.Store.batches] returns the subclass that Keras
     accepts as a ``PyDataset``; ``batches[i]`` is batch ``i`` of the current epoch, the same
     batch iterating would give, and ``on_epoch_end()`` moves on to the next epoch.
+
+    ``state_dict()`` is where iteration stands (the next batch to give, and the settings that
+    fix the order); ``load_state_dict(state)`` makes the next ``iter()`` continue from there,
+    giving exactly the rest of that epoch in the same order. ``rank``/``world_size`` give one
+    rank's share of each epoch (see [`Store.loader`][oocstore.Store.loader]).
     """
 
     def __init__(
@@ -54,19 +72,17 @@ class Batches:
         store: Store,
         batch_size: int,
         *,
-        shuffle: bool = False,
+        shuffle: ShuffleLike = False,
         seed: int | None = None,
         drop_last: bool = False,
         fields: Sequence[str] | None = None,
         block_rows: int | None = None,
         window: int = WINDOW,
+        rank: int | None = None,
+        world_size: int | None = None,
+        remainder: str = "pad",
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-            msg = f"batch_size must be a positive integer, not {batch_size!r}"
-            raise TypeError(msg)
-        if batch_size <= 0:
-            msg = f"batch_size must be a positive integer, not {batch_size!r}"
-            raise ValueError(msg)
+        batch_size = as_batch_size(batch_size)
         if window < 1 or (block_rows is not None and block_rows < 1):
             msg = f"window and block_rows must be positive, not {window!r} and {block_rows!r}"
             raise ValueError(msg)
@@ -74,28 +90,54 @@ class Batches:
         self.fields = store.resolve_fields(fields)
         self.length = len(store)
         """Samples covered (the store's committed length when this was made)."""
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        # With no seed, draw one now: batches[i] and iteration then agree within an epoch.
-        entropy = np.random.SeedSequence().entropy if seed is None else seed
-        self.seed = int(entropy)  # type: ignore[arg-type]  # entropy is an int when drawn
         row_bytes = sum(store.schema[f].sample_nbytes for f in self.fields)
-        auto = math.ceil(BLOCK_BYTES / max(row_bytes, 1))
-        self.block_rows = int(block_rows) if block_rows is not None else max(auto, 1)
-        self.window = int(window)
+        self.order = EpochOrder(
+            self.length,
+            batch_size,
+            fields=self.fields,
+            shuffle=shuffle,
+            nbytes=row_bytes * self.length,
+            seed=seed,
+            block_rows=block_rows or block_rows_for(row_bytes, BLOCK_BYTES),
+            window=window,
+            rank=rank,
+            world_size=world_size,
+            remainder=remainder,
+            drop_last=drop_last,
+        )
+        """Which rows each batch of each epoch holds."""
+        self.batch_size = batch_size
+        self.drop_last = drop_last
         self.epoch = 0
         """The epoch ``batches[i]`` reads; ``on_epoch_end()`` advances it."""
-        self._next_iter_epoch = 0
-        self._plans: dict[int, _Plan] = {}
+        self._next = (0, 0)  # (epoch, batch) the next iter() starts at
+        self._at = (0, 0)  # (epoch, batch) of the next batch to give
         self._lock = threading.Lock()
+
+    @property
+    def shuffle(self) -> str:
+        """The shuffle in use: ``"none"``, ``"block"`` or ``"sample"``."""
+        return self.order.mode
+
+    @property
+    def seed(self) -> int:
+        """The seed of the order (drawn at random when none was given)."""
+        return self.order.seed
+
+    @property
+    def block_rows(self) -> int:
+        """Rows per contiguous block of ``shuffle="block"``."""
+        return self.order.block_rows
+
+    @property
+    def window(self) -> int:
+        """Blocks shuffled together by ``shuffle="block"``."""
+        return self.order.window
 
     # -- sizes -------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.length // self.batch_size
-        return -(-self.length // self.batch_size)
+        return len(self.order)
 
     @property
     def num_batches(self) -> int:
@@ -105,44 +147,99 @@ class Batches:
     def _arrays(self) -> list[Any]:
         return [self.store[f] for f in self.fields]
 
+    # -- resuming ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where iteration stands: the next batch to give and the settings of the order."""
+        return self.order.state(*self._at)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next ``iter()`` give the rest of the saved epoch, in the same order.
+
+        Raises
+        ------
+        StateDictError
+            If ``state`` comes from another store (length, fields) or other settings (seed,
+            batch_size, shuffle, world_size...).
+        """
+        epoch, batch = self.order.resume(state)
+        self._next = self._at = (epoch, batch)
+        self.epoch = epoch
+
     # -- iteration: a new epoch each time ----------------------------------------------------
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        epoch = self._next_iter_epoch
-        self._next_iter_epoch += 1
-        if not self.shuffle:
-            return self._sequential()
-        return self._shuffled(self._plan(epoch))
-
-    def _sequential(self) -> Iterator[tuple[Any, ...]]:
+        epoch, start = self._next
+        self._next = (epoch + 1, 0)
+        self._at = (epoch, start)
+        order = self.order
         arrays = self._arrays()
-        for i in range(len(self)):
-            start = i * self.batch_size
-            stop = min(start + self.batch_size, self.length)
-            yield tuple(_rows(a, start, stop) for a in arrays)
+        if order.contiguous:
+            return self._sequential(epoch, start, arrays)
+        if (
+            order.mode == "block"
+            and order.world_size == 1
+            and not all(isinstance(a, np.ndarray) for a in arrays)
+        ):
+            plan = order._epoch_order(epoch)
+            return self._windows(epoch, start, plan, arrays)
+        return self._gathered(epoch, start, arrays)
 
-    def _shuffled(self, plan: _Plan) -> Iterator[tuple[Any, ...]]:
-        arrays = self._arrays()
+    def _gave(self, epoch: int, k: int) -> None:
+        self._at = (epoch, k + 1)
+
+    def _sequential(self, epoch: int, start: int, arrays: list[Any]) -> Iterator[tuple[Any, ...]]:
+        for k in range(start, len(self)):
+            lo = k * self.batch_size
+            hi = min(lo + self.batch_size, self.order.samples)
+            batch = tuple(_rows(a, lo, hi) for a in arrays)
+            self._gave(epoch, k)
+            yield batch
+
+    def _gathered(self, epoch: int, start: int, arrays: list[Any]) -> Iterator[tuple[Any, ...]]:
+        for k in range(start, len(self)):
+            rows = self.order.batch_rows(epoch, k)
+            batch = tuple(_gather(a, rows) for a in arrays)
+            self._gave(epoch, k)
+            yield batch
+
+    def _windows(
+        self, epoch: int, start: int, plan: _Plan, arrays: list[Any]
+    ) -> Iterator[tuple[Any, ...]]:
+        """Batches ``start...`` cut from whole windows, each block read with one slice."""
         pending: list[tuple[Any, ...]] = []  # pieces of the next batch, from earlier windows
         have = 0
-        emitted = 0
-        for w in range(plan.n_windows):
+        k = start
+        position = start * self.batch_size
+        w = plan.window_at(position) if k < len(self) else plan.n_windows
+        pos = position - int(plan.starts[w]) if w < plan.n_windows else 0
+        while k < len(self) and w < plan.n_windows:
             data = plan.read_window(arrays, w)
-            size = len(plan.window_rows(w))
-            pos = 0
-            while pos < size:
+            size = int(plan.starts[w + 1] - plan.starts[w])
+            while pos < size and k < len(self):
                 take = min(self.batch_size - have, size - pos)
                 pending.append(tuple(_cut(d, pos, pos + take) for d in data))
                 have += take
                 pos += take
                 if have == self.batch_size:
-                    yield _join(pending)
-                    emitted += 1
+                    batch = self._sorted(plan, k, _join(pending))
                     pending, have = [], 0
-                    if emitted == len(self):
-                        return
-        if pending and emitted < len(self):
-            yield _join(pending)
+                    self._gave(epoch, k)
+                    k += 1
+                    yield batch
+            w += 1
+            pos = 0
+        if pending and k < len(self):
+            batch = self._sorted(plan, k, _join(pending))
+            self._gave(epoch, k)
+            yield batch
+
+    def _sorted(self, plan: _Plan, k: int, batch: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Batch ``k`` with its rows in increasing order, as ``EpochOrder.batch_rows`` has them."""
+        lo = k * self.batch_size
+        rows = plan.rows(lo, min(lo + self.batch_size, self.order.samples))
+        order = np.argsort(rows, kind="stable")
+        return tuple([d[i] for i in order] if isinstance(d, list) else d[order] for d in batch)
 
     # -- random access, as Keras uses it -----------------------------------------------------
 
@@ -152,37 +249,25 @@ class Batches:
         if not 0 <= i < n:
             msg = f"batch {index} out of range for {n} batches"
             raise IndexError(msg)
-        start = i * self.batch_size
-        stop = min(start + self.batch_size, self.length)
         arrays = self._arrays()
-        if not self.shuffle:
+        if self.order.contiguous:
+            start = i * self.batch_size
+            stop = min(start + self.batch_size, self.length)
             return tuple(_rows(a, start, stop) for a in arrays)
-        rows = self._plan(self.epoch).rows(start, stop)
+        rows = self.order.batch_rows(self.epoch, i)
         return tuple(_gather(a, rows) for a in arrays)
 
     def on_epoch_end(self) -> None:
         """Move ``batches[i]`` on to the next epoch's order (Keras calls this)."""
         with self._lock:
-            self._plans.pop(self.epoch, None)
             self.epoch += 1
 
     def on_epoch_begin(self) -> None:
         """Nothing to do: Keras calls this before each epoch."""
 
-    def _plan(self, epoch: int) -> _Plan:
-        with self._lock:
-            plan = self._plans.get(epoch)
-            if plan is None:
-                plan = _Plan(self.length, self.block_rows, self.window, self.seed, epoch)
-                if len(self._plans) >= 2:  # the iterating epoch and the indexed one
-                    self._plans.pop(next(iter(self._plans)))
-                self._plans[epoch] = plan
-            return plan
-
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_lock"] = None
-        state["_plans"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -190,100 +275,20 @@ class Batches:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        how = f"shuffled in blocks of {self.block_rows} rows" if self.shuffle else "in order"
+        how = {
+            "none": "in order",
+            "block": f"shuffled in blocks of {self.block_rows} rows",
+            "sample": "shuffled by sample",
+        }[self.shuffle]
+        shard = (
+            f", rank {self.order.rank} of {self.order.world_size}"
+            if self.order.world_size > 1
+            else ""
+        )
         return (
             f"<oocstore.Batches {len(self)} batches of {self.batch_size} from "
-            f"{str(self.store.path)!r}, fields {list(self.fields)}, {how}>"
+            f"{str(self.store.path)!r}, fields {list(self.fields)}, {how}{shard}>"
         )
-
-
-class _Plan:
-    """One epoch's order: shuffled blocks, taken ``window`` at a time, rows shuffled within.
-
-    ``window_rows(w)`` is window ``w``'s rows in the epoch's order; the epoch's order is the
-    windows' orders one after the other. Only the windows asked for are computed.
-    """
-
-    def __init__(self, length: int, block_rows: int, window: int, seed: int, epoch: int) -> None:
-        self.length = length
-        self.block_rows = block_rows
-        self.window = window
-        self.seed = seed
-        self.epoch = epoch
-        n_blocks = -(-length // block_rows)
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch, 0)))
-        self.blocks = rng.permutation(n_blocks)
-        self.n_windows = -(-n_blocks // window)
-        sizes = np.minimum(self.blocks * block_rows + block_rows, length) - self.blocks * block_rows
-        per_window = np.add.reduceat(sizes, np.arange(0, n_blocks, window)) if n_blocks else sizes
-        self.starts = np.concatenate([[0], np.cumsum(per_window)]).astype(np.int64)
-        self._cache: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()  # Keras may ask for batches from worker threads
-
-    def _blocks_of(self, w: int) -> np.ndarray:
-        return self.blocks[w * self.window : (w + 1) * self.window]
-
-    def window_rows(self, w: int) -> np.ndarray:
-        """Window ``w``'s rows, shuffled."""
-        with self._lock:
-            rows = self._cache.get(w)
-            if rows is None:
-                spans = [
-                    np.arange(b * self.block_rows, min((b + 1) * self.block_rows, self.length))
-                    for b in self._blocks_of(w)
-                ]
-                rng = np.random.default_rng(
-                    np.random.SeedSequence(self.seed, spawn_key=(self.epoch, w + 1))
-                )
-                rows = rng.permutation(np.concatenate(spans))
-                if len(self._cache) >= 4:  # the windows a batch spans, and the next one
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[w] = rows
-            return rows
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows at positions ``[start, stop)`` of the epoch's order."""
-        first = int(np.searchsorted(self.starts, start, side="right")) - 1
-        parts = []
-        w = first
-        while w < self.n_windows and self.starts[w] < stop:
-            lo = max(start, int(self.starts[w])) - int(self.starts[w])
-            hi = min(stop, int(self.starts[w + 1])) - int(self.starts[w])
-            parts.append(self.window_rows(w)[lo:hi])
-            w += 1
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-
-    def read_window(self, arrays: Sequence[Any], w: int) -> list[Any]:
-        """Window ``w``'s data for each array, in the window's shuffled order.
-
-        Each block is read with one contiguous slice and scattered to its rows' places.
-        """
-        rows = self.window_rows(w)
-        # rows[order] is sorted: the blocks' spans in increasing order, one after the other;
-        # order[k] is where the k-th smallest row goes in the shuffled window.
-        order = np.argsort(rows, kind="stable")
-        spans = sorted(
-            (int(b) * self.block_rows, min((int(b) + 1) * self.block_rows, self.length))
-            for b in self._blocks_of(w)
-        )
-        out: list[Any] = []
-        for a in arrays:
-            if _is_packed(a):
-                out.append([a[int(r)] for r in rows])
-                continue
-            data = np.empty((len(rows), *a.shape[1:]), dtype=a.dtype)
-            at = 0
-            for lo, hi in spans:
-                data[order[at : at + hi - lo]] = a[lo:hi]
-                at += hi - lo
-            out.append(data)
-        return out
-
-
-def _is_packed(array: Any) -> bool:
-    return (
-        hasattr(array, "offsets") and hasattr(array, "values") and not isinstance(array, np.ndarray)
-    )
 
 
 def _rows(array: Any, start: int, stop: int) -> Any:
@@ -305,11 +310,28 @@ def _join(pieces: list[tuple[Any, ...]]) -> tuple[Any, ...]:
     )
 
 
+def sorted_unique(rows: np.ndarray) -> bool:
+    """Are ``rows`` strictly increasing (one gather, no reordering needed)?"""
+    return bool(rows.size < 2 or (rows[1:] > rows[:-1]).all())
+
+
 def _gather(array: Any, rows: np.ndarray) -> Any:
-    """Rows in the given order, read in increasing order (one pass over the touched pages)."""
+    """Rows in the given order, read with one gather of the sorted unique rows.
+
+    Increasing order is one pass over the touched pages (and what h5py's fancy index needs);
+    the result is then put in the caller's order, repeats included.
+    """
     if _is_packed(array):
         return [array[int(r)] for r in rows]
-    order = np.argsort(rows, kind="stable")
-    out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
-    out[order] = array[rows[order]]
-    return out
+    if rows.size == 0:
+        return np.empty((0, *array.shape[1:]), dtype=array.dtype)
+    if sorted_unique(rows):
+        return _take(array, rows)
+    unique, inverse = np.unique(rows, return_inverse=True)
+    return _take(array, unique)[inverse.reshape(-1)]
+
+
+def _take(array: Any, rows: np.ndarray) -> np.ndarray:
+    if isinstance(array, np.ndarray):
+        return np.take(np.asarray(array), rows, axis=0)
+    return np.asarray(array[rows])

@@ -5,8 +5,10 @@ The elements come from :class:`~oocstore.sinks.Batches` through
 so ``element_spec`` is exact before anything is read; ``assert_cardinality`` makes
 ``cardinality()`` exact too (Keras and ``tf.data`` then know the epoch's length). Each
 iteration of the dataset calls the generator again: a new epoch, with a new shuffle order.
-Unbatched, the store is read in blocks of about 1 MiB and ``unbatch``-ed, so TensorFlow does
-not pay a Python call per sample.
+Batched, each element is read with one gather of the batch's sorted rows per field (as
+``store.batches`` reads); unbatched, the store is read in blocks of about 1 MiB and
+``unbatch``-ed, so TensorFlow does not pay a Python call per sample. The dataset ends with
+``prefetch(AUTOTUNE)``, so the next batch is read while the model trains on this one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from ._batches import BLOCK_BYTES, Batches
+from ._order import ShuffleLike
 
 if TYPE_CHECKING:
     from ..reader import Store
@@ -44,7 +47,7 @@ def _tf_dtype(field: str, dtype: np.dtype[Any]) -> Any:
 def to_tf(
     store: Store,
     batch_size: int | None = None,
-    shuffle: bool = False,
+    shuffle: ShuffleLike = False,
     *,
     seed: int | None = None,
     drop_last: bool = False,
@@ -59,7 +62,8 @@ def to_tf(
     batch_size
         Samples per element; None gives one sample per element.
     shuffle
-        Shuffle each epoch by contiguous blocks (see [`Batches`][oocstore.sinks.Batches]).
+        ``"block"``, ``"sample"`` or ``True`` (chosen from memory): see
+        [`Batches`][oocstore.sinks.Batches].
     seed
         Seed of the shuffle (epochs still differ from one another).
     drop_last
@@ -115,4 +119,5 @@ def to_tf(
         count = source.length
     else:
         count = len(source)
-    return ds.apply(tf.data.experimental.assert_cardinality(count))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(count))
+    return ds.prefetch(tf.data.AUTOTUNE)
