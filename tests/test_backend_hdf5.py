@@ -30,8 +30,12 @@ from hypothesis import strategies as st
 
 import oocstore
 import oocstore.writer.setup
-from oocstore.backends import hdf5 as hdf5_backend
 from oocstore.backends.hdf5 import ATTRIBUTE, DROPPED_GROUP, Hdf5Backend
+from oocstore.backends.hdf5 import backend as hdf5_glue
+from oocstore.backends.hdf5 import extents as hdf5_extents
+from oocstore.backends.hdf5 import files as hdf5_files
+from oocstore.backends.hdf5 import record as hdf5_record
+from oocstore.backends.hdf5 import view as hdf5_view
 from oocstore.manifest import ArraySpec
 
 H5DUMP = shutil.which("h5dump")
@@ -223,7 +227,7 @@ def test_torn_hdf5_metadata_opens_from_the_record_and_resume_rebuilds(tmp_path: 
     w.append(x[:300])
     w.abort()  # commits and leaves the store incomplete, as a killed writer would
     with path.open("r+b") as f:  # wreck the HDF5 superblock: HDF5 cannot open the file
-        f.seek(hdf5_backend.USERBLOCK_BYTES)
+        f.seek(hdf5_record.USERBLOCK_BYTES)
         f.write(b"\0" * 96)
     with pytest.raises(OSError):
         h5py.File(path, "r")
@@ -245,9 +249,9 @@ def test_torn_commit_slot_falls_back_to_the_commit_before(tmp_path: Path) -> Non
     try:
         assert len(oocstore.open(path)) == 9
         seq = oocstore.open(path).manifest.extra["hdf5"]["seq"]
-        slot = (hdf5_backend.USERBLOCK_BYTES - hdf5_backend.HEADER_BYTES) // 2
+        slot = (hdf5_record.USERBLOCK_BYTES - hdf5_record.HEADER_BYTES) // 2
         with path.open("r+b") as f:  # flip a byte of the newest slot, as a torn write would
-            f.seek(hdf5_backend.HEADER_BYTES + (seq % 2) * slot + 64)
+            f.seek(hdf5_record.HEADER_BYTES + (seq % 2) * slot + 64)
             byte = f.read(1)
             f.seek(-1, os.SEEK_CUR)
             f.write(bytes([byte[0] ^ 0xFF]))
@@ -276,7 +280,7 @@ def test_file_without_userblock_opens_through_the_attribute(tmp_path: Path) -> N
     again = oocstore.write([longer], copy, resume=True)  # resuming gives it a commit record
     assert len(again) == 15
     with copy.open("rb") as f:
-        assert f.read(16) == hdf5_backend._MAGIC
+        assert f.read(16) == hdf5_record._MAGIC
 
 
 def test_not_a_store(tmp_path: Path) -> None:
@@ -304,9 +308,9 @@ def record_of(path: Path) -> tuple[int, bytes]:
     """The newest commit record of an HDF5 store: ``(sequence number, JSON)``."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        header = hdf5_backend._read_header(fd, os.fspath(path))
+        header = hdf5_record._read_header(fd, os.fspath(path))
         assert header is not None
-        record = hdf5_backend._read_record(fd, header[1])
+        record = hdf5_record._read_record(fd, header[1])
         assert record is not None
         return record
     finally:
@@ -319,10 +323,10 @@ def reseal(path: Path, doc: dict[str, Any]) -> None:
     text = json.dumps(doc, indent=1).encode()
     fd = os.open(path, os.O_RDWR)
     try:
-        header = hdf5_backend._read_header(fd, os.fspath(path))
+        header = hdf5_record._read_header(fd, os.fspath(path))
         assert header is not None
         os.pwrite(
-            fd, hdf5_backend._slot_bytes(seq, text), hdf5_backend._slot_offset(seq % 2, header[1])
+            fd, hdf5_record._slot_bytes(seq, text), hdf5_record._slot_offset(seq % 2, header[1])
         )
     finally:
         os.close(fd)
@@ -426,15 +430,15 @@ def merged(extents: list[list[int]], row: int) -> list[list[int]]:
 @given(extent_lists())
 def test_extents_encode_to_runs_and_back(case: tuple[list[list[int]], int]) -> None:
     extents, row = case
-    runs = hdf5_backend._encode_runs(extents, row)
+    runs = hdf5_extents._encode_runs(extents, row)
     event(f"{len(runs)} runs" if len(runs) < 3 else "3+ runs")
-    assert [list(e) for e in hdf5_backend._decode_runs(runs)] == extents
+    assert [list(e) for e in hdf5_extents._decode_runs(runs)] == extents
     # The writer appends chunks one at a time and merges adjacent ones into one extent.
-    arr = hdf5_backend._Array("x", np.dtype("u1"), (row,), "chunked", 1)
+    arr = hdf5_files._Array("x", np.dtype("u1"), (row,), "chunked", 1)
     for first, rows, off in extents:
         arr.add_extent(first, rows, off)
     want = merged(extents, row)
-    assert [list(e) for e in hdf5_backend._decode_runs(arr.runs)] == want
+    assert [list(e) for e in hdf5_extents._decode_runs(arr.runs)] == want
     assert arr.covered == sum(rows for _, rows, _ in extents)
     assert list(arr.pieces(0, arr.covered)) == [(f, f + r, o) for f, r, o in want]
     if arr.covered > 2:  # a row range inside, cut at both ends
@@ -444,7 +448,7 @@ def test_extents_encode_to_runs_and_back(case: tuple[list[list[int]], int]) -> N
     # The record's form validates back to the same runs.
     manifest: Any = SimpleNamespace(arrays={"x": ArraySpec(np.dtype("u1"), (row,), arr.covered)})
     info = {"arrays": {"x": {**arr.layout_json(), "rows": arr.covered}}}
-    lays = hdf5_backend._check_layouts(manifest, info, 1 << 40, 4096, "t")
+    lays = hdf5_extents._check_layouts(manifest, info, 1 << 40, 4096, "t")
     assert lays["x"].runs == arr.runs
 
 
@@ -529,8 +533,8 @@ def test_record_outgrowing_its_slot_names_the_array_and_what_fits(
     """Runs that outgrow the slot (here 2-row chunks, a 32 KiB userblock, small growth steps)
     fail the commit with CommitRecordTooLargeError; the store keeps its last commit, and the
     chunk size it names fits."""
-    monkeypatch.setattr(hdf5_backend, "USERBLOCK_BYTES", 2**15)
-    monkeypatch.setattr(hdf5_backend, "MIN_GROWTH_BYTES", 2**20)
+    monkeypatch.setattr(hdf5_record, "USERBLOCK_BYTES", 2**15)
+    monkeypatch.setattr(hdf5_glue, "MIN_GROWTH_BYTES", 2**20)
     monkeypatch.setattr(oocstore.writer.setup, "_INITIAL_BYTES", 2**20)
     monkeypatch.setattr(oocstore.writer.setup, "_INITIAL_BATCHES", 2**30)
     x = np.arange(20_000 * 4, dtype=np.float32).reshape(20_000, 4)
@@ -550,7 +554,7 @@ def test_record_outgrowing_its_slot_names_the_array_and_what_fits(
     err = info.value
     assert isinstance(err, ValueError)
     assert err.array == "x"
-    assert err.slot_bytes == (2**15 - hdf5_backend.HEADER_BYTES) // 2 - 32
+    assert err.slot_bytes == (2**15 - hdf5_record.HEADER_BYTES) // 2 - 32
     assert err.record_bytes > err.slot_bytes
     assert err.min_chunk_rows is not None
     assert err.min_chunk_rows > 2
@@ -576,7 +580,7 @@ from oocstore.backends import hdf5
 from oocstore.backends.hdf5 import Hdf5Backend
 cfg = json.loads(sys.argv[1])
 width = cfg.get("width", 256)
-hdf5.USERBLOCK_BYTES = cfg.get("userblock", hdf5.USERBLOCK_BYTES)
+hdf5.record.USERBLOCK_BYTES = cfg.get("userblock", hdf5.record.USERBLOCK_BYTES)
 if "initial" in cfg:  # a first allocation of exactly this many bytes
     oocstore.writer.setup._INITIAL_BYTES = cfg["initial"]
     oocstore.writer.setup._INITIAL_BATCHES = 2**30
@@ -796,7 +800,7 @@ def test_resume_rebuilds_a_file_whose_manifest_attribute_is_damaged(tmp_path: Pa
     w.append((x[:12],))
     w.abort()
     data = bytearray(path.read_bytes())
-    at = data.find(b"GCOL", hdf5_backend.USERBLOCK_BYTES)
+    at = data.find(b"GCOL", hdf5_record.USERBLOCK_BYTES)
     assert at > 0, "no HDF5 global heap in the file"
     data[at] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -813,9 +817,9 @@ def test_resume_survives_metadata_that_hangs_libhdf5(tmp_path: Path, monkeypatch
     """One flipped bit in this file's attribute heap makes libhdf5 loop forever on reading the
     root attributes (found by the mutation suite). Resume reads the metadata in a child
     process first, so it rebuilds the file from its commit record instead of hanging."""
-    import oocstore.backends.hdf5 as hdf5
+    from oocstore.backends.hdf5 import repair
 
-    monkeypatch.setattr(hdf5, "PROBE_SECONDS", 5.0)
+    monkeypatch.setattr(repair, "PROBE_SECONDS", 5.0)
     n = 24
     imgs = [np.full((i % 3 + 2, i % 4 + 1), i, np.uint8) for i in range(n)]
     x = np.arange(n * 3, dtype=np.float32).reshape(n, 3) / 7
@@ -861,7 +865,7 @@ def test_a_run_ending_at_the_end_of_the_file_maps(
     path.write_bytes(data.tobytes())
     spec = ArraySpec(np.dtype("u8"), (), length)
     with path.open("rb") as f:
-        pieces, mm = hdf5_backend._run_pieces(f, "x", spec, [0, rows, 0, count, stride], "t")
+        pieces, mm = hdf5_view._run_pieces(f, "x", spec, [0, rows, 0, count, stride], "t")
     assert mm is not None
     got = np.concatenate([p.reshape(-1) for _, p in pieces])[:length]
     want = [

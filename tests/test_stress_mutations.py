@@ -364,8 +364,8 @@ def read_json_target(store: Path, rel: str) -> Any:
 
     fd = os.open(store, os.O_RDONLY)
     try:
-        header = hdf5._read_header(fd, os.fspath(store))
-        record = hdf5._read_record(fd, header[1]) if header else None
+        header = hdf5.record._read_header(fd, os.fspath(store))
+        record = hdf5.record._read_record(fd, header[1]) if header else None
     except (oocstore.CorruptStoreError, OSError):
         return None
     finally:
@@ -382,12 +382,14 @@ def write_json_target(store: Path, rel: str, doc: Any) -> None:
 
     fd = os.open(store, os.O_RDWR)
     try:
-        header = hdf5._read_header(fd, os.fspath(store))
+        header = hdf5.record._read_header(fd, os.fspath(store))
         assert header is not None
-        record = hdf5._read_record(fd, header[1])
+        record = hdf5.record._read_record(fd, header[1])
         assert record is not None
         seq = record[0] + 1  # the newest slot, with a valid checksum: validation is reached
-        os.pwrite(fd, hdf5._slot_bytes(seq, text), hdf5._slot_offset(seq % 2, header[1]))
+        os.pwrite(
+            fd, hdf5.record._slot_bytes(seq, text), hdf5.record._slot_offset(seq % 2, header[1])
+        )
     finally:
         os.close(fd)
 
