@@ -75,10 +75,9 @@ from ...errors import (
     UnsupportedDtypeError,
 )
 from ...manifest import Manifest
-from ...sizing import BLOCK_BYTES
 from ..base import ArrayReader, Backend, BackendOptions, FileRegionWriter, RegionWriter
-from . import record
-from .extents import _LAYOUT_VERSION, _check_layouts, _cut_runs, _Layout
+from . import reading, record, repair
+from .extents import _LAYOUT_VERSION, _cut_runs
 from .files import _Array, _chunk_offsets, _File, _pwrite_rows, _write_into
 from .h5 import (
     _HDF5_SIGNATURE,
@@ -86,8 +85,6 @@ from .h5 import (
     DROPPED_GROUP,
     LIBVER,
     _h5_dtype,
-    _open_read,
-    _stored_dtype,
     _writing,
 )
 from .record import (
@@ -95,14 +92,10 @@ from .record import (
     _SLOT,
     HEADER_BYTES,
     _header_bytes,
-    _load_manifest,
-    _read_header,
-    _read_record,
     _slot_bytes,
     _slot_offset,
 )
-from .repair import _copy_rows, _match, _NoH5, _probe_metadata
-from .view import ExtentArray, _DatasetArray, _empty, _run_pieces
+from .repair import _copy_rows
 
 log = logging.getLogger("oocstore.backends.hdf5")
 
@@ -218,198 +211,13 @@ class Hdf5Backend(Backend):
 
     @classmethod
     def read_manifest(cls, root: Path) -> Manifest:
-        where = os.fspath(root)
-        fd = _open_read(root)
-        try:
-            st = os.fstat(fd)
-            header = _read_header(fd, where)
-            record = _read_record(fd, header[1]) if header is not None else None
-        finally:
-            os.close(fd)
-        if header is not None and record is not None:
-            seq, payload = record
-            manifest = _load_manifest(payload, where)
-            layouts = _check_layouts(
-                manifest, manifest.extra.get("hdf5"), st.st_size, header[0], where
-            )
-            manifest.extra["hdf5"] = {
-                "version": _LAYOUT_VERSION,
-                "source": "record",
-                "seq": seq,
-                "file": [st.st_dev, st.st_ino],
-                "arrays": {
-                    name: {
-                        "layout": lay.layout,
-                        "rows": lay.rows,
-                        "chunk_rows": lay.chunk_rows,
-                        "extents": lay.runs,
-                    }
-                    for name, lay in layouts.items()
-                },
-            }
-            return manifest
-        from_attribute = cls._read_attribute(root)
-        if from_attribute is None:
-            problem = (
-                "both commit slots of the userblock fail their checksums"
-                if header is not None
-                else "no oocstore commit record"
-            )
-            raise CorruptStoreError(
-                where, f"{problem} and no {ATTRIBUTE!r} attribute: no oocstore manifest"
-            )
-        return from_attribute
-
-    @classmethod
-    def _read_attribute(cls, root: Path) -> Manifest | None:
-        """The manifest attribute of a file read through HDF5 (None if it has none)."""
-        where = os.fspath(root)
-        try:
-            with h5py.File(root, "r", locking=False) as f:
-                if ATTRIBUTE not in f.attrs:
-                    return None
-                text = f.attrs[ATTRIBUTE]
-        except Exception as err:  # every HDF5 failure is a damaged file here
-            raise CorruptStoreError(where, f"HDF5 cannot read the file ({err})") from None
-        if isinstance(text, np.ndarray) and text.shape == ():
-            text = text[()]
-        if isinstance(text, np.bytes_ | bytes):
-            text = bytes(text)
-        if not isinstance(text, str | bytes):
-            raise CorruptStoreError(where, f"attribute {ATTRIBUTE!r} is not text")
-        manifest = _load_manifest(text, where)
-        manifest.extra["hdf5"] = {"version": _LAYOUT_VERSION, "source": "attribute"}
-        return manifest
+        """The newest valid commit record's manifest (see :func:`.reading.read_manifest`)."""
+        return reading.read_manifest(root)
 
     @classmethod
     def open_arrays(cls, root: Path, manifest: Manifest) -> dict[str, ArrayReader]:
-        info = manifest.extra.get("hdf5")
-        if isinstance(info, dict) and info.get("source") == "record":
-            return cls._open_record_arrays(root, manifest, info)
-        return cls._open_dataset_arrays(root, manifest)
-
-    @classmethod
-    def _open_record_arrays(
-        cls, root: Path, manifest: Manifest, info: dict[str, Any]
-    ) -> dict[str, ArrayReader]:
-        where = os.fspath(root)
-        fd = _open_read(root)
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(fd)
-            header = _read_header(fd, where)
-            if header is None:
-                raise CorruptStoreError(where, "the commit record's header is gone")
-            if info.get("file") != [st.st_dev, st.st_ino]:
-                # A writer finished by writing a compacted file and renaming it here since
-                # the manifest was read: take the extents from the file now at this path.
-                info = cls._extents_after_rewrite(fd, header[1], manifest, where)
-            layouts = _check_layouts(manifest, info, st.st_size, header[0], where)
-            out: dict[str, ArrayReader] = {}
-            for name, spec in manifest.arrays.items():
-                lay = layouts[name]
-                if spec.length == 0 or spec.row_nbytes == 0:
-                    out[name] = _empty(spec)
-                    continue
-                run = lay.runs[0]
-                if run[1] >= spec.length:  # one extent holds every committed row
-                    try:
-                        out[name] = np.memmap(
-                            f,
-                            dtype=spec.dtype,
-                            mode="r",
-                            offset=run[2],
-                            shape=(spec.length, *spec.shape),
-                        )
-                    except (OSError, ValueError, OverflowError) as err:
-                        raise CorruptStoreError(where, f"cannot map {name!r} ({err})") from None
-                    continue
-                pieces, maps = [], []
-                for run in lay.runs:
-                    got, mm = _run_pieces(f, name, spec, run, where)
-                    if mm is None:
-                        break
-                    pieces += got
-                    maps.append(mm)
-                out[name] = ExtentArray((spec.length, *spec.shape), spec.dtype, pieces, maps)
-        return out
-
-    @classmethod
-    def _extents_after_rewrite(
-        cls, fd: int, slot: int, manifest: Manifest, where: str
-    ) -> dict[str, Any]:
-        record = _read_record(fd, slot)
-        if record is not None:
-            newer = _load_manifest(record[1], where)
-            same = all(
-                name in newer.arrays
-                and newer.arrays[name].dtype == spec.dtype
-                and newer.arrays[name].shape == spec.shape
-                and newer.arrays[name].length >= spec.length
-                for name, spec in manifest.arrays.items()
-            )
-            info = newer.extra.get("hdf5")
-            if same and isinstance(info, dict):
-                return info
-        raise CorruptStoreError(
-            where,
-            "the store was rewritten while it was being opened (a writer finished it); "
-            "open it again",
-        )
-
-    @classmethod
-    def _open_dataset_arrays(cls, root: Path, manifest: Manifest) -> dict[str, ArrayReader]:
-        """Arrays of a file without a commit record, through HDF5's own metadata."""
-        where = os.fspath(root)
-        try:
-            f = h5py.File(root, "r", locking=False)
-        except Exception as err:  # every HDF5 failure is a damaged file here
-            raise CorruptStoreError(where, f"HDF5 cannot open the file ({err})") from None
-        out: dict[str, ArrayReader] = {}
-        lazy = False
-        try:
-            size = os.stat(root).st_size
-            for name, spec in manifest.arrays.items():
-                try:
-                    dset = f.get(name)
-                    ok = isinstance(dset, h5py.Dataset)
-                    stored = _stored_dtype(dset) if ok else None
-                except Exception as err:
-                    raise CorruptStoreError(where, f"HDF5 cannot read {name!r} ({err})") from None
-                if not ok or stored != spec.dtype or dset.shape[1:] != spec.shape:
-                    raise CorruptStoreError(
-                        where, f"dataset {name!r} is missing or differs from the manifest"
-                    )
-                if dset.shape[0] < spec.length:
-                    raise CorruptStoreError(
-                        where,
-                        f"dataset {name!r} has {dset.shape[0]:,} rows, the manifest commits "
-                        f"{spec.length:,}",
-                    )
-                if spec.length == 0 or spec.row_nbytes == 0:
-                    out[name] = _empty(spec)
-                    continue
-                offset = (
-                    dset.id.get_offset() if dset.chunks is None and not dset.compression else None
-                )
-                nbytes = spec.length * spec.row_nbytes
-                if offset is not None and offset + nbytes <= size:
-                    with os.fdopen(_open_read(root), "rb") as fh:
-                        out[name] = np.memmap(
-                            fh,
-                            dtype=spec.dtype,
-                            mode="r",
-                            offset=offset,
-                            shape=(spec.length, *spec.shape),
-                        )
-                else:
-                    out[name] = _DatasetArray(dset, spec, where)
-                    lazy = True
-        except BaseException:
-            f.close()
-            raise
-        if not lazy:
-            f.close()
-        return out
+        """Committed rows of every array, mapped from the record (see :mod:`.reading`)."""
+        return reading.open_arrays(root, manifest)
 
     # -- writing: files ------------------------------------------------------------------------
 
@@ -956,143 +764,9 @@ class Hdf5Backend(Backend):
         return dst
 
     def open_existing(self, manifest: Manifest) -> dict[str, int]:
-        where = os.fspath(self.root)
-        for suffix in (".partial", ".rebuild"):
-            with contextlib.suppress(FileNotFoundError):
-                self._sibling(suffix).unlink()  # a killed writer's (we hold the lock now)
-        info = manifest.extra.get("hdf5")
-        fd = open_nofollow(self.root, os.O_RDWR)
-        try:
-            header = _read_header(fd, where)
-            record = _read_record(fd, header[1]) if header is not None else None
-            size = os.fstat(fd).st_size
-        except BaseException:
-            os.close(fd)
-            raise
-        self._seq = record[0] if record is not None else 0
-        self._published = True
-        with self._mutex:
-            if header is None or not (isinstance(info, dict) and info.get("source") == "record"):
-                os.close(fd)
-                self._adopt(manifest)  # a file without a commit record (h5repack, h5py copy)
-            else:
-                layouts = _check_layouts(manifest, info, size, header[0], where)
-                try:
-                    # libhdf5 can loop forever or crash on damaged metadata (seen: one flipped
-                    # bit in an attribute heap): read it in a child process first.
-                    _probe_metadata(self.root)
-                    with _writing(self.root, "opening the file"):
-                        h5 = h5py.File(self.root, "r+", libver=LIBVER)
-                except OSError as err:
-                    if isinstance(err, DiskFullError):
-                        os.close(fd)
-                        raise
-                    log.warning(
-                        "HDF5 cannot open %s (%s): rebuilding it from its commit record", where, err
-                    )
-                    self._repair(fd, header[0], manifest, layouts)
-                else:
-                    f = _File(self.root, h5, fd, header[0])
-                    self._file = f
-                    # The probe above read the manifest attribute the next commit rewrites.
-                    problem = self._adopt_datasets(f, manifest, layouts)
-                    if problem is not None:
-                        log.warning(
-                            "HDF5 metadata of %s disagrees with its commit record (%s): "
-                            "rebuilding the file from the record",
-                            where,
-                            problem,
-                        )
-                        self._file = None
-                        h5.close()
-                        self._repair(fd, header[0], manifest, layouts)
-            f = self._current()
-            for name in list(f.h5.keys()):
-                if name not in manifest.arrays and name != DROPPED_GROUP:
-                    self._park(f, name)  # created after the last commit, or dropped by it
-            self._parked += int(DROPPED_GROUP in f.h5)
-            self._meta_dirty = True
-            return {name: max(a.allocated, a.covered) for name, a in f.arrays.items()}
-
-    def _adopt_datasets(
-        self, f: _File, manifest: Manifest, layouts: dict[str, _Layout]
-    ) -> str | None:
-        """Take each array's state from HDF5, checked against the record; say what differs.
-
-        A writer killed between moving a committed dataset aside (a contiguous array that
-        outgrew its length, a layout change) and its next commit leaves the committed bytes
-        in the dropped group: they are moved back under their name, no copy needed.
-        """
-        try:
-            for name, spec in manifest.arrays.items():
-                lay = layouts[name]
-                arr, problem = _match(f.h5.get(name), name, spec, lay)
-                if arr is None:
-                    group = f.h5.get(DROPPED_GROUP)
-                    parked = sorted(group) if isinstance(group, h5py.Group) else []
-                    for key in parked:
-                        if key.rsplit("~", 1)[0] == name:
-                            arr, _ = _match(group[key], name, spec, lay)
-                            if arr is not None:
-                                if name in f.h5:
-                                    self._park(f, name)  # made after the last commit
-                                f.h5.move(f"{DROPPED_GROUP}/{key}", name)
-                                f.h5.flush()
-                                break
-                if arr is None:
-                    return problem
-                f.arrays[name] = arr
-        except Exception as err:  # torn metadata shows up as any HDF5 error
-            return f"HDF5 error: {err}"
-        return None
-
-    def _repair(
-        self, fd: int, userblock: int, manifest: Manifest, layouts: dict[str, _Layout]
-    ) -> None:
-        """Rebuild the file from the commit record alone (HDF5 metadata is damaged)."""
-        src = _File(self.root, _NoH5(), fd, userblock)
-        for name, spec in manifest.arrays.items():
-            lay = layouts[name]
-            arr = _Array(name, spec.dtype, spec.shape, lay.layout, lay.chunk_rows)
-            arr.runs = [list(run) for run in lay.runs]
-            arr.allocated = lay.rows
-            src.arrays[name] = arr
-        lengths = {name: spec.length for name, spec in manifest.arrays.items()}
-        try:
-            new = self._rebuild(src, lengths, final=False)
-        finally:
-            os.close(fd)
-        self._commit_file(new, manifest, attribute=True)
-        self._install(new)
-
-    def _adopt(self, manifest: Manifest) -> None:
-        """Give a file without a commit record one: copy its datasets into a new file."""
-        where = os.fspath(self.root)
-        try:
-            h5 = h5py.File(self.root, "r", locking=False)  # we hold the store's lock
-        except Exception as err:
-            raise CorruptStoreError(where, f"HDF5 cannot open the file ({err})") from None
-        dst = self._new_file(self._sibling(".rebuild"))
-        try:
-            with h5:
-                for name, spec in manifest.arrays.items():
-                    dset = h5.get(name)
-                    if not isinstance(dset, h5py.Dataset) or dset.shape[0] < spec.length:
-                        raise CorruptStoreError(where, f"dataset {name!r} is missing or short")
-                    new = _Array(name, spec.dtype, spec.shape, "contiguous")
-                    self._create(dst, new, spec.length)
-                    step = max(BLOCK_BYTES // max(spec.row_nbytes, 1), 1)
-                    for start in range(0, spec.length if new.row_nbytes else 0, step):
-                        stop = min(start + step, spec.length)
-                        block = np.asarray(dset[start:stop])
-                        _write_into(dst, new, start, block.view(spec.dtype))
-        except BaseException:
-            dst.close()
-            with contextlib.suppress(OSError):
-                dst.path.unlink()
-            raise
-        self._commit_file(dst, manifest, attribute=True)
-        self._install(dst)
+        """Reopen for appending; a file a kill left apart from its record is rebuilt first
+        (see :func:`.repair.open_existing`)."""
+        return repair.open_existing(self, manifest)
 
     def destroy(self) -> None:
         """Remove what a writer that never committed made (the file beside the store)."""

@@ -3,24 +3,33 @@ HDF5's metadata, matching datasets against the record, and copying rows into a r
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
+import numpy as np
 
-from ..._durable import pwrite_all
+from ..._durable import open_nofollow, pwrite_all
 from ...errors import (
     CorruptStoreError,
     DiskFullError,
 )
-from ...manifest import ArraySpec
+from ...manifest import ArraySpec, Manifest
 from ...sizing import BLOCK_BYTES
-from .extents import _Layout
-from .files import _Array, _chunk_offsets
-from .h5 import _NOSPACE, ATTRIBUTE, _stored_dtype
+from .extents import _check_layouts, _Layout
+from .files import _Array, _chunk_offsets, _File, _write_into
+from .h5 import _NOSPACE, ATTRIBUTE, DROPPED_GROUP, LIBVER, _stored_dtype, _writing
+from .record import _read_header, _read_record
+
+if TYPE_CHECKING:
+    from .backend import Hdf5Backend
+
+log = logging.getLogger("oocstore.backends.hdf5")
 
 PROBE_SECONDS = 20.0
 """How long reading a file's HDF5 metadata may take in the probe before it counts as damaged."""
@@ -146,3 +155,149 @@ def _copy_bytes(src_fd: int, src_off: int, dst_fd: int, dst_off: int, n: int, pa
             pwrite_all(dst_fd, block, dst_off + done, path)
             k = len(block)
         done += k
+
+
+# -- resuming: the backend's side ------------------------------------------------------------
+
+
+def open_existing(b: Hdf5Backend, manifest: Manifest) -> dict[str, int]:
+    where = os.fspath(b.root)
+    for suffix in (".partial", ".rebuild"):
+        with contextlib.suppress(FileNotFoundError):
+            b._sibling(suffix).unlink()  # a killed writer's (we hold the lock now)
+    info = manifest.extra.get("hdf5")
+    fd = open_nofollow(b.root, os.O_RDWR)
+    try:
+        header = _read_header(fd, where)
+        record = _read_record(fd, header[1]) if header is not None else None
+        size = os.fstat(fd).st_size
+    except BaseException:
+        os.close(fd)
+        raise
+    b._seq = record[0] if record is not None else 0
+    b._published = True
+    with b._mutex:
+        if header is None or not (isinstance(info, dict) and info.get("source") == "record"):
+            os.close(fd)
+            _adopt(b, manifest)  # a file without a commit record (h5repack, h5py copy)
+        else:
+            layouts = _check_layouts(manifest, info, size, header[0], where)
+            try:
+                # libhdf5 can loop forever or crash on damaged metadata (seen: one flipped
+                # bit in an attribute heap): read it in a child process first.
+                _probe_metadata(b.root)
+                with _writing(b.root, "opening the file"):
+                    h5 = h5py.File(b.root, "r+", libver=LIBVER)
+            except OSError as err:
+                if isinstance(err, DiskFullError):
+                    os.close(fd)
+                    raise
+                log.warning(
+                    "HDF5 cannot open %s (%s): rebuilding it from its commit record", where, err
+                )
+                _repair(b, fd, header[0], manifest, layouts)
+            else:
+                f = _File(b.root, h5, fd, header[0])
+                b._file = f
+                # The probe above read the manifest attribute the next commit rewrites.
+                problem = _adopt_datasets(b, f, manifest, layouts)
+                if problem is not None:
+                    log.warning(
+                        "HDF5 metadata of %s disagrees with its commit record (%s): "
+                        "rebuilding the file from the record",
+                        where,
+                        problem,
+                    )
+                    b._file = None
+                    h5.close()
+                    _repair(b, fd, header[0], manifest, layouts)
+        f = b._current()
+        for name in list(f.h5.keys()):
+            if name not in manifest.arrays and name != DROPPED_GROUP:
+                b._park(f, name)  # created after the last commit, or dropped by it
+        b._parked += int(DROPPED_GROUP in f.h5)
+        b._meta_dirty = True
+        return {name: max(a.allocated, a.covered) for name, a in f.arrays.items()}
+
+
+def _adopt_datasets(
+    b: Hdf5Backend, f: _File, manifest: Manifest, layouts: dict[str, _Layout]
+) -> str | None:
+    """Take each array's state from HDF5, checked against the record; say what differs.
+
+    A writer killed between moving a committed dataset aside (a contiguous array that
+    outgrew its length, a layout change) and its next commit leaves the committed bytes
+    in the dropped group: they are moved back under their name, no copy needed.
+    """
+    try:
+        for name, spec in manifest.arrays.items():
+            lay = layouts[name]
+            arr, problem = _match(f.h5.get(name), name, spec, lay)
+            if arr is None:
+                group = f.h5.get(DROPPED_GROUP)
+                parked = sorted(group) if isinstance(group, h5py.Group) else []
+                for key in parked:
+                    if key.rsplit("~", 1)[0] == name:
+                        arr, _ = _match(group[key], name, spec, lay)
+                        if arr is not None:
+                            if name in f.h5:
+                                b._park(f, name)  # made after the last commit
+                            f.h5.move(f"{DROPPED_GROUP}/{key}", name)
+                            f.h5.flush()
+                            break
+            if arr is None:
+                return problem
+            f.arrays[name] = arr
+    except Exception as err:  # torn metadata shows up as any HDF5 error
+        return f"HDF5 error: {err}"
+    return None
+
+
+def _repair(
+    b: Hdf5Backend, fd: int, userblock: int, manifest: Manifest, layouts: dict[str, _Layout]
+) -> None:
+    """Rebuild the file from the commit record alone (HDF5 metadata is damaged)."""
+    src = _File(b.root, _NoH5(), fd, userblock)
+    for name, spec in manifest.arrays.items():
+        lay = layouts[name]
+        arr = _Array(name, spec.dtype, spec.shape, lay.layout, lay.chunk_rows)
+        arr.runs = [list(run) for run in lay.runs]
+        arr.allocated = lay.rows
+        src.arrays[name] = arr
+    lengths = {name: spec.length for name, spec in manifest.arrays.items()}
+    try:
+        new = b._rebuild(src, lengths, final=False)
+    finally:
+        os.close(fd)
+    b._commit_file(new, manifest, attribute=True)
+    b._install(new)
+
+
+def _adopt(b: Hdf5Backend, manifest: Manifest) -> None:
+    """Give a file without a commit record one: copy its datasets into a new file."""
+    where = os.fspath(b.root)
+    try:
+        h5 = h5py.File(b.root, "r", locking=False)  # we hold the store's lock
+    except Exception as err:
+        raise CorruptStoreError(where, f"HDF5 cannot open the file ({err})") from None
+    dst = b._new_file(b._sibling(".rebuild"))
+    try:
+        with h5:
+            for name, spec in manifest.arrays.items():
+                dset = h5.get(name)
+                if not isinstance(dset, h5py.Dataset) or dset.shape[0] < spec.length:
+                    raise CorruptStoreError(where, f"dataset {name!r} is missing or short")
+                new = _Array(name, spec.dtype, spec.shape, "contiguous")
+                b._create(dst, new, spec.length)
+                step = max(BLOCK_BYTES // max(spec.row_nbytes, 1), 1)
+                for start in range(0, spec.length if new.row_nbytes else 0, step):
+                    stop = min(start + step, spec.length)
+                    block = np.asarray(dset[start:stop])
+                    _write_into(dst, new, start, block.view(spec.dtype))
+    except BaseException:
+        dst.close()
+        with contextlib.suppress(OSError):
+            dst.path.unlink()
+        raise
+    b._commit_file(dst, manifest, attribute=True)
+    b._install(dst)
