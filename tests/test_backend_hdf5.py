@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 import oocstore
 import oocstore.writer.setup
 from oocstore.backends.hdf5 import ATTRIBUTE, DROPPED_GROUP, Hdf5Backend
-from oocstore.backends.hdf5 import backend as hdf5_glue
+from oocstore.backends.hdf5 import allocate as hdf5_allocate
 from oocstore.backends.hdf5 import extents as hdf5_extents
 from oocstore.backends.hdf5 import files as hdf5_files
 from oocstore.backends.hdf5 import record as hdf5_record
@@ -534,7 +534,7 @@ def test_record_outgrowing_its_slot_names_the_array_and_what_fits(
     fail the commit with CommitRecordTooLargeError; the store keeps its last commit, and the
     chunk size it names fits."""
     monkeypatch.setattr(hdf5_record, "USERBLOCK_BYTES", 2**15)
-    monkeypatch.setattr(hdf5_glue, "MIN_GROWTH_BYTES", 2**20)
+    monkeypatch.setattr(hdf5_allocate, "MIN_GROWTH_BYTES", 2**20)
     monkeypatch.setattr(oocstore.writer.setup, "_INITIAL_BYTES", 2**20)
     monkeypatch.setattr(oocstore.writer.setup, "_INITIAL_BATCHES", 2**30)
     x = np.arange(20_000 * 4, dtype=np.float32).reshape(20_000, 4)

@@ -59,26 +59,24 @@ import math
 import os
 import stat
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import h5py
 import numpy as np
 
-from ..._durable import fsync_dir, fsync_fd, open_nofollow, preallocate, pwrite_all
+from ..._durable import fsync_dir, fsync_fd, open_nofollow, pwrite_all
 from ...errors import (
-    CommitRecordTooLargeError,
     CorruptStoreError,
     DiskFullError,
-    SchemaError,
     UnsupportedDtypeError,
 )
 from ...manifest import Manifest
 from ..base import ArrayReader, Backend, BackendOptions, FileRegionWriter, RegionWriter
-from . import reading, record, repair
-from .extents import _LAYOUT_VERSION, _cut_runs
-from .files import _Array, _chunk_offsets, _File, _pwrite_rows, _write_into
+from . import allocate, commit, reading, record, repair
+from .allocate import ALIGNMENT, ALIGNMENT_THRESHOLD
+from .extents import _cut_runs
+from .files import _Array, _copy_rows, _File, _pwrite_rows, _write_into
 from .h5 import (
     _HDF5_SIGNATURE,
     ATTRIBUTE,
@@ -89,28 +87,11 @@ from .h5 import (
 )
 from .record import (
     _MAGIC,
-    _SLOT,
     HEADER_BYTES,
     _header_bytes,
-    _slot_bytes,
-    _slot_offset,
 )
-from .repair import _copy_rows
 
 log = logging.getLogger("oocstore.backends.hdf5")
-
-TARGET_CHUNK_BYTES = 4 * 2**20
-"""Chunk size aimed at when the length is not declared (whole samples per chunk)."""
-MIN_CHUNK_BYTES = 64 * 2**10
-MAX_CHUNK_BYTES = 2**32 - 2**20  # HDF5 chunks must stay below 4 GiB
-ALIGNMENT = 64
-"""Every dataset starts at a multiple of this: NumPy views are aligned for any dtype."""
-ALIGNMENT_THRESHOLD = 512  # smaller HDF5 objects (metadata) are packed as usual
-MIN_GROWTH_BYTES = 16 * 2**20
-MAX_GROWTH_BYTES = 2**30
-SPACE_MARGIN = 8 * 2**20
-"""Free space kept for HDF5's own metadata: h5py on a full disk raises RuntimeError and can
-crash at exit, so oocstore refuses to grow before HDF5 could hit ENOSPC."""
 
 
 # -- the backend ------------------------------------------------------------------------------
@@ -228,7 +209,7 @@ class Hdf5Backend(Backend):
         """Create an empty HDF5 file with oocstore's userblock header at ``path``."""
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        self._check_space(self._userblock, path)
+        allocate.check_space(self, self._userblock, path)
         with _writing(path, "creating the file"):
             h5 = h5py.File(
                 path,
@@ -258,162 +239,7 @@ class Hdf5Backend(Backend):
             self._file = self._new_file(self._sibling(".partial"))
         return self._file
 
-    def _check_space(self, nbytes: int, path: Path | None = None) -> None:
-        """Refuse to grow when the disk cannot take ``nbytes`` plus HDF5's metadata margin."""
-        where = path or self.root
-        try:
-            st = os.statvfs(where.parent)
-        except OSError:
-            return
-        free = st.f_bavail * st.f_frsize
-        if nbytes + SPACE_MARGIN > free:
-            raise DiskFullError(os.fspath(where), needed=nbytes + SPACE_MARGIN, free=free)
-
     # -- writing: arrays -----------------------------------------------------------------------
-
-    def _chunk_rows_for(self, name: str, row: int, capacity: int) -> int:
-        chunks = self.options.chunks
-        given = (
-            chunks.get(name, chunks.get(name.split(".", 1)[0]))
-            if isinstance(chunks, dict)
-            else chunks
-        )
-        if given is not None:
-            rows = int(given)
-            if rows < 1 or rows * row > MAX_CHUNK_BYTES:
-                msg = f"chunks={rows} rows for {name!r}: chunks need 1 row or more and under 4 GiB"
-                raise ValueError(msg)
-            return rows
-        # About TARGET_CHUNK_BYTES, less for a small array; a multiple of the rows that make
-        # whole ALIGNMENT units, so chunks allocated together lie end to end in the file.
-        target = min(TARGET_CHUNK_BYTES, max(MIN_CHUNK_BYTES, capacity * row // 8))
-        unit = ALIGNMENT // math.gcd(row, ALIGNMENT)
-        rows = max(-(-target // (row * unit)), 1) * unit  # whole units, at least the target
-        if rows * row > MAX_CHUNK_BYTES:
-            rows = max(MAX_CHUNK_BYTES // row, 1)
-        if rows * row > MAX_CHUNK_BYTES:
-            msg = f"a row of {row:,} bytes does not fit in an HDF5 chunk (4 GiB at most)"
-            raise SchemaError(
-                msg,
-                field=name.split(".", 1)[0],
-                hint="declare length= so the HDF5 backend stores it contiguous, or use the npy "
-                "backend",
-            )
-        return rows
-
-    def _dataset(self, f: _File, arr: _Array, rows: int) -> h5py.Dataset:
-        """Create ``arr``'s dataset with ``rows`` rows, space allocated now, never filled."""
-        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-        kwargs: dict[str, Any] = {}
-        if arr.layout == "chunked":
-            kwargs = {"chunks": (arr.chunk_rows, *arr.shape), "maxshape": (None, *arr.shape)}
-        return f.h5.create_dataset(
-            arr.name,
-            shape=(rows, *arr.shape),
-            dtype=_h5_dtype(arr.dtype),
-            dcpl=dcpl,
-            track_times=False,
-            **kwargs,
-        )
-
-    def _create(self, f: _File, arr: _Array, rows: int) -> None:
-        """Create ``arr`` in ``f`` with room for ``rows`` rows, space really allocated."""
-        if arr.layout == "chunked":
-            with _writing(f.path, f"creating {arr.name!r}"):
-                self._dataset(f, arr, 0)
-            try:
-                self._grow(f, arr, rows, rows)
-            except BaseException:
-                with contextlib.suppress(Exception):  # never committed: nothing maps it
-                    del f.h5[arr.name]
-                    f.h5.flush()
-                raise
-            f.arrays[arr.name] = arr
-            return
-        nbytes = rows * arr.row_nbytes
-        self._check_space(nbytes, f.path)
-        with _writing(f.path, f"creating {arr.name!r}"):
-            dset = self._dataset(f, arr, rows)
-            offset = dset.id.get_offset() if nbytes else None
-        try:
-            if nbytes:
-                if offset is None:
-                    msg = f"HDF5 allocated no storage for {arr.name!r}"
-                    raise OSError(errno.EIO, msg, os.fspath(f.path))
-                # Real blocks first: a full disk fails here, and the superblock HDF5 writes
-                # next never counts bytes the file does not have.
-                preallocate(f.fd, int(offset), nbytes, f.path)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                del f.h5[arr.name]
-            raise
-        finally:
-            with _writing(f.path, f"creating {arr.name!r}"):
-                f.h5.flush()
-        arr.allocated = arr.requested = rows
-        f.arrays[arr.name] = arr
-        if nbytes and offset is not None:
-            arr.runs = [[0, rows, int(offset), 1, 0]]
-        self._meta_dirty = True
-
-    def _grow(self, f: _File, arr: _Array, need: int, want: int) -> None:
-        """Give chunked ``arr`` storage for at least ``need`` rows, ``want`` if steps allow."""
-        c = arr.chunk_rows
-        old = arr.allocated
-        step = min(max(old * arr.row_nbytes // 8, MIN_GROWTH_BYTES), MAX_GROWTH_BYTES)
-        new = max(need, min(want, old + max(step // arr.row_nbytes, 1)))
-        new = -(-new // c) * c
-        first_chunk = -(-arr.covered // c) if arr.runs else -(-old // c)
-        self._check_space((new - first_chunk * c) * arr.row_nbytes, f.path)
-        with _writing(f.path, f"growing {arr.name!r}"):
-            dset = f.h5[arr.name]
-            dset.resize(new, axis=0)
-            added = []
-            chunks = _chunk_offsets(dset, first_chunk * c)
-            for k in range(first_chunk, new // c):
-                off, size = chunks.get(k * c, (None, 0))
-                if off is None or size != c * arr.row_nbytes:
-                    msg = f"HDF5 did not allocate chunk {k} of {arr.name!r} as asked"
-                    raise OSError(errno.EIO, msg, os.fspath(f.path))
-                added.append((k * c, off))
-        runs: list[list[int]] = []
-        for _, off in added:
-            if runs and runs[-1][1] == off:
-                runs[-1][1] += c * arr.row_nbytes
-            else:
-                runs.append([off, off + c * arr.row_nbytes])
-        try:
-            # Real blocks before HDF5 writes a superblock that counts them: a kill between
-            # the two must not leave a file shorter than HDF5 says ("truncated file").
-            for lo, hi in runs:
-                preallocate(f.fd, lo, hi - lo, f.path)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                dset.resize(old, axis=0)
-            raise
-        finally:
-            with _writing(f.path, f"growing {arr.name!r}"):
-                f.h5.flush()
-        for first, off in added:
-            arr.add_extent(first, c, off)
-        arr.allocated = new
-        arr.requested = max(arr.requested, want)
-        self._meta_dirty = True
-        self._unsynced = True
-
-    def _park(self, f: _File, name: str) -> None:
-        """Move dataset ``name`` aside: a commit may still name its bytes, so they stay."""
-        with _writing(f.path, f"dropping {name!r}"):
-            group = f.h5.require_group(DROPPED_GROUP)
-            k = 0
-            while f"{name}~{k}" in group:
-                k += 1
-            f.h5.move(name, f"{DROPPED_GROUP}/{name}~{k}")
-            f.h5.flush()
-        self._parked += 1
-        self._meta_dirty = True
 
     def _layout_for(self, capacity: int) -> str:
         if self._force_layout is not None:
@@ -434,92 +260,40 @@ class Hdf5Backend(Backend):
         with self._mutex:
             f = self._current()
             if name in f.h5:
-                self._park(f, name)
+                allocate.park(self, f, name)
             f.arrays.pop(name, None)
             layout = self._layout_for(capacity)
             row = math.prod(shape) * np.dtype(dtype).itemsize
-            chunk_rows = self._chunk_rows_for(name, row, capacity) if row else 0
+            chunk_rows = allocate.chunk_rows_for(self, name, row, capacity) if row else 0
             arr = _Array(name, dtype, shape, layout, chunk_rows)
-            self._create(f, arr, capacity)
+            allocate.create(self, f, arr, capacity)
 
     def reserve(self, name: str, capacity: int) -> None:
         with self._mutex:
             f = self._current()
             arr = f.arrays[name]
             if arr.layout == "empty":
-                self._resize_empty(f, arr, capacity)
+                allocate.resize_empty(self, f, arr, capacity)
             elif arr.layout == "contiguous":
                 if capacity > arr.allocated:
-                    self._relocate(f, arr, arr.allocated, capacity)
+                    allocate.relocate(self, f, arr, arr.allocated, capacity)
             elif capacity > arr.requested:
                 # Checked now, allocated in steps as rows arrive (write): a step is at most an
                 # eighth of the array, so trimming at close() leaves little dead space.
-                self._check_space((capacity - arr.allocated) * arr.row_nbytes, f.path)
+                allocate.check_space(self, (capacity - arr.allocated) * arr.row_nbytes, f.path)
                 arr.requested = capacity
-
-    def _resize_empty(self, f: _File, arr: _Array, rows: int) -> None:
-        """Rows of zero bytes hold nothing: recreate the (contiguous) dataset at ``rows``."""
-        if rows == arr.allocated:
-            return
-        with _writing(f.path, f"resizing {arr.name!r}"):
-            del f.h5[arr.name]
-            self._dataset(f, arr, rows)
-            f.h5.flush()
-        arr.allocated = arr.requested = rows
-        self._meta_dirty = True
-
-    def _relocate(self, f: _File, arr: _Array, need: int, capacity: int) -> None:
-        """A contiguous array got more rows than declared: move it into a chunked dataset."""
-        log.debug(
-            "%r outgrew its %d contiguous rows: moving it to a chunked dataset",
-            arr.name,
-            arr.allocated,
-        )
-        self._park(f, arr.name)
-        new = _Array(
-            arr.name,
-            arr.dtype,
-            arr.shape,
-            "chunked",
-            self._chunk_rows_for(arr.name, arr.row_nbytes, capacity),
-        )
-        with _writing(f.path, f"creating {arr.name!r}"):
-            self._dataset(f, new, 0)
-        f.arrays[arr.name] = new
-        new.requested = max(capacity, need)
-        self._grow(f, new, max(need, arr.allocated, 1), new.requested)
-        f.drain()
-        moved = f.direct.pop(arr.name, None)  # the rows move: their runs start anew
-        if moved is not None:
-            moved.close()  # its thread, buffers and direct descriptor
-        _copy_rows(f.fd, arr, f.fd, new, arr.allocated, f.path)
-        self._unsynced = True
-
-    def _allocate(self, f: _File, name: str, stop: int) -> _Array:
-        """Give ``name`` storage for rows ``[0, stop)``; return its (maybe new) state."""
-        arr = f.arrays[name]
-        if stop > arr.allocated:
-            with self._mutex:
-                if arr.layout == "empty":
-                    self._resize_empty(f, arr, max(stop, arr.requested))
-                elif arr.layout == "contiguous":
-                    self._relocate(f, arr, stop, max(stop, arr.requested))
-                    arr = f.arrays[name]
-                else:
-                    self._grow(f, arr, stop, max(arr.requested, stop))
-        return arr
 
     def write(self, name: str, start: int, values: np.ndarray) -> None:
         f = self._current()
         n = len(values)
         if n == 0:
             return
-        arr = self._allocate(f, name, start + n)
+        arr = allocate.allocate(self, f, name, start + n)
         _write_into(f, arr, start, values)
 
     def region_writer(self, name: str, stop: int) -> RegionWriter:
         f = self._current()
-        arr = self._allocate(f, name, stop)
+        arr = allocate.allocate(self, f, name, stop)
         with self._mutex:
             # The extents now cover [0, stop): they never move while the writer runs.
             copy = _Array(arr.name, arr.dtype, arr.shape, arr.layout, arr.chunk_rows)
@@ -560,7 +334,7 @@ class Hdf5Backend(Backend):
                     f.h5.flush()
                 self._meta_dirty = True
                 return
-            self._park(f, name)
+            allocate.park(self, f, name)
 
     def chunk_rows(self, name: str) -> int:
         # Rows are written at their file offsets, never through HDF5's chunk cache: a partial
@@ -579,103 +353,27 @@ class Hdf5Backend(Backend):
         f.drain()
         fsync_fd(f.fd, f.path)
 
-    def _record(self, f: _File, manifest: Manifest, *, extents: bool = True) -> bytes:
-        """The manifest with this file's extents, as the commit record's JSON (``extents=False``:
-        with none, to measure what they take)."""
-        arrays = {}
-        for name in manifest.arrays:
-            arr = f.arrays.get(name)
-            if arr is None:
-                msg = f"the manifest names {name!r}, which this writer has not created"
-                raise CorruptStoreError(os.fspath(f.path), msg)
-            arrays[name] = arr.layout_json()
-            if not extents:
-                arrays[name]["extents"] = []
-        extra = {k: v for k, v in manifest.extra.items() if k != "hdf5"}
-        extra["hdf5"] = {"version": _LAYOUT_VERSION, "arrays": arrays}
-        return replace(manifest, extra=extra).dumps()
-
     def write_manifest(self, manifest: Manifest) -> None:
         with self._mutex:
             if self._final is not None:
-                self._commit_file(self._final, manifest, attribute=True)
+                commit.commit_file(self, self._final, manifest, attribute=True)
                 self._install(self._final)
                 self._final = None
                 return
             f = self._current()
             if not self._published:
-                self._commit_file(f, manifest, attribute=True)
+                commit.commit_file(self, f, manifest, attribute=True)
                 os.replace(f.path, self.root)
                 fsync_dir(self.root.parent)
                 f.path = self.root
                 self._published = True
                 return
-            payload, flush = self._prepare(f, manifest, self._meta_dirty or manifest.complete)
+            payload, flush = commit.prepare(
+                self, f, manifest, self._meta_dirty or manifest.complete
+            )
         # Outside the lock: the writer thread may grow an array meanwhile (a background
         # commit); what it adds is not named by this record.
-        self._publish(f, payload, flush)
-
-    def _commit_file(self, f: _File, manifest: Manifest, *, attribute: bool) -> None:
-        """Write ``manifest`` as ``f``'s newest commit: the next slot, after the data."""
-        self._publish(f, *self._prepare(f, manifest, attribute))
-
-    def _prepare(self, f: _File, manifest: Manifest, attribute: bool) -> tuple[bytes, bool]:
-        """The record for ``manifest``, and whether the file needs an fdatasync before it."""
-        payload = self._record(f, manifest)
-        if len(payload) + _SLOT.size > f.slot:
-            raise self._too_large(f, manifest, len(payload))
-        if attribute:
-            # The attribute mirrors the record for plain HDF5 readers; it is written only when
-            # HDF5 metadata changes anyway (or at the end), to keep metadata writes rare.
-            with _writing(f.path, "writing the manifest attribute"):
-                text = payload.decode()
-                if ATTRIBUTE in f.h5.attrs:
-                    f.h5.attrs.modify(ATTRIBUTE, text)
-                else:
-                    f.h5.attrs[ATTRIBUTE] = text
-                f.h5.flush()
-            self._meta_dirty = False
-        # sync() made the rows durable; what changed since (HDF5 metadata, grown or relocated
-        # arrays) must be too before the record names it.
-        flush = attribute or self._unsynced
-        self._unsynced = False
-        return payload, flush
-
-    def _too_large(self, f: _File, manifest: Manifest, size: int) -> CommitRecordTooLargeError:
-        """The error for a record of ``size`` bytes that its slot cannot hold: the array with
-        the most runs, and what chunk size or userblock would fit the record."""
-        slot = f.slot - _SLOT.size
-        arr = max((f.arrays[name] for name in manifest.arrays), key=lambda a: len(a.runs))
-        userblock = 2 * HEADER_BYTES
-        while (userblock - HEADER_BYTES) // 2 - _SLOT.size < size:
-            userblock *= 2
-        # Runs come from HDF5's index nodes between chunks: about one per so many chunks, so
-        # chunks k times larger make about k times fewer (measured: 164 runs at 8 rows per
-        # chunk, 43 at 32, for 4M rows of 16 bytes). Rounded up to a power of two: room to grow.
-        share = size - len(self._record(f, manifest, extents=False))
-        excess = size - slot
-        min_rows = None
-        if arr.layout == "chunked" and share > excess:
-            need = -(-arr.chunk_rows * share // (share - excess))
-            min_rows = 1 << (need - 1).bit_length()
-        return CommitRecordTooLargeError(
-            os.fspath(self.root),
-            array=arr.name,
-            runs=len(arr.runs),
-            record_bytes=size,
-            slot_bytes=slot,
-            chunk_rows=arr.chunk_rows,
-            min_chunk_rows=min_rows,
-            min_userblock=userblock,
-        )
-
-    def _publish(self, f: _File, payload: bytes, flush: bool) -> None:
-        """The commit point: the next slot, durable, after the data it declares."""
-        if flush:
-            fsync_fd(f.fd, f.path)
-        seq = self._seq + 1
-        f.write_slot(_slot_bytes(seq, payload), _slot_offset(seq % 2, f.slot))
-        self._seq = seq
+        commit.publish(self, f, payload, flush)
 
     def _install(self, new: _File) -> None:
         """Rename a rebuilt file over the store: the commit point of a rewrite."""
@@ -725,7 +423,7 @@ class Hdf5Backend(Backend):
                 for name, n in lengths.items():
                     arr = f.arrays[name]
                     if arr.layout == "empty" and arr.allocated != n:
-                        self._resize_empty(f, arr, n)
+                        allocate.resize_empty(self, f, arr, n)
                     elif arr.layout == "chunked" and arr.allocated != n:
                         # Only chunks past the committed rows go; readers never map those.
                         f.h5[name].resize(n, axis=0)
@@ -752,7 +450,7 @@ class Hdf5Backend(Backend):
                 else:
                     layout, rows, chunk_rows = "chunked", n, old.chunk_rows
                 new = _Array(name, old.dtype, old.shape, layout, chunk_rows)
-                self._create(dst, new, rows)
+                allocate.create(self, dst, new, rows)
                 _copy_rows(src.fd, old, dst.fd, new, n, dst.path)
             with _writing(dst.path, "flushing"):
                 dst.h5.flush()

@@ -16,7 +16,10 @@ import numpy as np
 
 from ..._direct import DirectWriter
 from ..._durable import fsync_fd, open_nofollow, pwrite_all
+from ...errors import CorruptStoreError, DiskFullError
+from ...sizing import BLOCK_BYTES
 from .extents import Run, _append_extent, _first_row, _runs_end, _runs_json
+from .h5 import _NOSPACE
 from .record import HEADER_BYTES
 
 # -- the writer's view of an array ------------------------------------------------------------
@@ -194,3 +197,40 @@ def _chunk_offsets(dset: h5py.Dataset, first_row: int) -> dict[int, tuple[int, i
         for row in range(first_row, dset.shape[0], dset.chunks[0]):
             visit(dset.id.get_chunk_info_by_coord((row, *zeros)))
     return out
+
+
+def _copy_rows(src_fd: int, src: _Array, dst_fd: int, dst: _Array, rows: int, path: Path) -> None:
+    """Copy rows ``[0, rows)`` of ``src`` into ``dst`` (kernel-side where it can)."""
+    if not src.row_nbytes or rows <= 0:
+        return
+    row = src.row_nbytes
+    for lo, hi, soff in src.pieces(0, rows):
+        for dlo, dhi, doff in dst.pieces(lo, hi):
+            _copy_bytes(src_fd, soff + (dlo - lo) * row, dst_fd, doff, (dhi - dlo) * row, path)
+
+
+def _copy_bytes(src_fd: int, src_off: int, dst_fd: int, dst_off: int, n: int, path: Path) -> None:
+    done = 0
+    use_kernel = hasattr(os, "copy_file_range")
+    while done < n:
+        k = 0
+        if use_kernel:
+            try:
+                k = os.copy_file_range(
+                    src_fd, dst_fd, min(n - done, 2**30), src_off + done, dst_off + done
+                )
+            except OSError as err:
+                if err.errno in _NOSPACE:
+                    raise DiskFullError(os.fspath(path)) from err
+                use_kernel = False  # EXDEV, EINVAL, ENOSYS...: copy through memory
+                continue
+            if k == 0:
+                use_kernel = False
+                continue
+        else:
+            block = os.pread(src_fd, min(n - done, BLOCK_BYTES), src_off + done)
+            if not block:
+                raise CorruptStoreError(os.fspath(path), "the file ends inside committed rows")
+            pwrite_all(dst_fd, block, dst_off + done, path)
+            k = len(block)
+        done += k

@@ -14,16 +14,17 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from ..._durable import open_nofollow, pwrite_all
+from ..._durable import open_nofollow
 from ...errors import (
     CorruptStoreError,
     DiskFullError,
 )
 from ...manifest import ArraySpec, Manifest
 from ...sizing import BLOCK_BYTES
+from . import allocate, commit
 from .extents import _check_layouts, _Layout
 from .files import _Array, _chunk_offsets, _File, _write_into
-from .h5 import _NOSPACE, ATTRIBUTE, DROPPED_GROUP, LIBVER, _stored_dtype, _writing
+from .h5 import ATTRIBUTE, DROPPED_GROUP, LIBVER, _stored_dtype, _writing
 from .record import _read_header, _read_record
 
 if TYPE_CHECKING:
@@ -120,43 +121,6 @@ def _same_rows(arr: _Array, lay: _Layout, length: int) -> bool:
         return False
 
 
-def _copy_rows(src_fd: int, src: _Array, dst_fd: int, dst: _Array, rows: int, path: Path) -> None:
-    """Copy rows ``[0, rows)`` of ``src`` into ``dst`` (kernel-side where it can)."""
-    if not src.row_nbytes or rows <= 0:
-        return
-    row = src.row_nbytes
-    for lo, hi, soff in src.pieces(0, rows):
-        for dlo, dhi, doff in dst.pieces(lo, hi):
-            _copy_bytes(src_fd, soff + (dlo - lo) * row, dst_fd, doff, (dhi - dlo) * row, path)
-
-
-def _copy_bytes(src_fd: int, src_off: int, dst_fd: int, dst_off: int, n: int, path: Path) -> None:
-    done = 0
-    use_kernel = hasattr(os, "copy_file_range")
-    while done < n:
-        k = 0
-        if use_kernel:
-            try:
-                k = os.copy_file_range(
-                    src_fd, dst_fd, min(n - done, 2**30), src_off + done, dst_off + done
-                )
-            except OSError as err:
-                if err.errno in _NOSPACE:
-                    raise DiskFullError(os.fspath(path)) from err
-                use_kernel = False  # EXDEV, EINVAL, ENOSYS...: copy through memory
-                continue
-            if k == 0:
-                use_kernel = False
-                continue
-        else:
-            block = os.pread(src_fd, min(n - done, BLOCK_BYTES), src_off + done)
-            if not block:
-                raise CorruptStoreError(os.fspath(path), "the file ends inside committed rows")
-            pwrite_all(dst_fd, block, dst_off + done, path)
-            k = len(block)
-        done += k
-
-
 # -- resuming: the backend's side ------------------------------------------------------------
 
 
@@ -214,7 +178,7 @@ def open_existing(b: Hdf5Backend, manifest: Manifest) -> dict[str, int]:
         f = b._current()
         for name in list(f.h5.keys()):
             if name not in manifest.arrays and name != DROPPED_GROUP:
-                b._park(f, name)  # created after the last commit, or dropped by it
+                allocate.park(b, f, name)  # created after the last commit, or dropped by it
         b._parked += int(DROPPED_GROUP in f.h5)
         b._meta_dirty = True
         return {name: max(a.allocated, a.covered) for name, a in f.arrays.items()}
@@ -241,7 +205,7 @@ def _adopt_datasets(
                         arr, _ = _match(group[key], name, spec, lay)
                         if arr is not None:
                             if name in f.h5:
-                                b._park(f, name)  # made after the last commit
+                                allocate.park(b, f, name)  # made after the last commit
                             f.h5.move(f"{DROPPED_GROUP}/{key}", name)
                             f.h5.flush()
                             break
@@ -269,7 +233,7 @@ def _repair(
         new = b._rebuild(src, lengths, final=False)
     finally:
         os.close(fd)
-    b._commit_file(new, manifest, attribute=True)
+    commit.commit_file(b, new, manifest, attribute=True)
     b._install(new)
 
 
@@ -288,7 +252,7 @@ def _adopt(b: Hdf5Backend, manifest: Manifest) -> None:
                 if not isinstance(dset, h5py.Dataset) or dset.shape[0] < spec.length:
                     raise CorruptStoreError(where, f"dataset {name!r} is missing or short")
                 new = _Array(name, spec.dtype, spec.shape, "contiguous")
-                b._create(dst, new, spec.length)
+                allocate.create(b, dst, new, spec.length)
                 step = max(BLOCK_BYTES // max(spec.row_nbytes, 1), 1)
                 for start in range(0, spec.length if new.row_nbytes else 0, step):
                     stop = min(start + step, spec.length)
@@ -299,5 +263,5 @@ def _adopt(b: Hdf5Backend, manifest: Manifest) -> None:
         with contextlib.suppress(OSError):
             dst.path.unlink()
         raise
-    b._commit_file(dst, manifest, attribute=True)
+    commit.commit_file(b, dst, manifest, attribute=True)
     b._install(dst)
