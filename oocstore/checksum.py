@@ -12,13 +12,20 @@ import atexit
 import math
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import crc32c
 import numpy as np
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .manifest import Manifest
+
 __all__ = [
     "ALGORITHM",
+    "Damage",
     "MAX_SPANS",
     "SpanHasher",
     "coalesce",
@@ -26,6 +33,7 @@ __all__ = [
     "hash_rows",
     "span_shape",
     "valid_span",
+    "verify_spans",
 ]
 
 ALGORITHM = "crc32c"
@@ -209,3 +217,49 @@ def coalesce(
             break  # nothing adjacent left to merge
         spans = merged
     return spans
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A committed span whose bytes no longer match the checksum the writer recorded."""
+
+    field: str
+    """The field the damaged array belongs to."""
+    array: str
+    """The physical array (file) that is damaged, e.g. ``images`` or ``img.shapes``."""
+    start: int
+    """First damaged row (of the span whose checksum failed)."""
+    stop: int
+    """One past the last row of that span."""
+    message: str
+    """What was found."""
+
+    def __str__(self) -> str:
+        return f"field {self.field!r} ({self.array}) rows {self.start}-{self.stop}: {self.message}"
+
+
+def verify_spans(manifest: Manifest, arrays: Mapping[str, Any]) -> list[Damage]:
+    """Rehash every span ``manifest`` records over ``arrays`` (its committed rows); the
+    damaged ones, or one entry saying why nothing could be checked."""
+    length = manifest.length
+    record = manifest.extra.get("checksums")
+    if not isinstance(record, dict) or not isinstance(record.get("spans"), dict):
+        return [Damage("*", "*", 0, length, "the store records no checksums")]
+    if record.get("algorithm") != ALGORITHM:
+        msg = f"unknown checksum algorithm {record.get('algorithm')!r:.40}"
+        return [Damage("*", "*", 0, length, msg)]
+    problems = []
+    for name, spec in manifest.arrays.items():
+        field = name.split(".", 1)[0]
+        spans = record["spans"].get(name, [])
+        for span in spans if isinstance(spans, list) else [None]:
+            if span is None or not valid_span(span, spec.length, spec.shape):
+                problems.append(Damage(field, name, 0, spec.length, f"bad span {span!r:.60}"))
+                continue
+            start, stop, expected = span[:3]
+            shape = span[3] if len(span) > 3 else None
+            actual = hash_rows(arrays[name], start, stop, shape)
+            if actual != expected:
+                msg = f"checksum {actual} != recorded {expected}"
+                problems.append(Damage(field, name, start, stop, msg))
+    return problems

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
@@ -18,7 +17,7 @@ import numpy as np
 from ._url import is_url
 from .backends import backend_class, detect_backend
 from .backends.base import ArrayReader
-from .checksum import ALGORITHM, hash_rows, valid_span
+from .checksum import Damage, verify_spans
 from .errors import CorruptStoreError
 from .manifest import Manifest
 from .ragged import check_packed, fits, max_shape_of, region
@@ -33,25 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["Damage", "PackedArray", "Store", "open"]
 
 _OPEN_ATTEMPTS = 8  # a commit that deletes files is rare (a layout change): a few suffice
-
-
-@dataclass(frozen=True)
-class Damage:
-    """A committed span whose bytes no longer match the checksum the writer recorded."""
-
-    field: str
-    """The field the damaged array belongs to."""
-    array: str
-    """The physical array (file) that is damaged, e.g. ``images`` or ``img.shapes``."""
-    start: int
-    """First damaged row (of the span whose checksum failed)."""
-    stop: int
-    """One past the last row of that span."""
-    message: str
-    """What was found."""
-
-    def __str__(self) -> str:
-        return f"field {self.field!r} ({self.array}) rows {self.start}-{self.stop}: {self.message}"
 
 
 class PackedArray(Sequence[np.ndarray]):
@@ -399,27 +379,7 @@ class Store:
         Returns the damaged spans (empty when the store is intact). Rows committed before a
         checksum existed for them (none, for stores this version writes) are not checked.
         """
-        record = self._manifest.extra.get("checksums")
-        if not isinstance(record, dict) or not isinstance(record.get("spans"), dict):
-            return [Damage("*", "*", 0, len(self), "the store records no checksums")]
-        if record.get("algorithm") != ALGORITHM:
-            msg = f"unknown checksum algorithm {record.get('algorithm')!r:.40}"
-            return [Damage("*", "*", 0, len(self), msg)]
-        problems = []
-        for name, spec in self._manifest.arrays.items():
-            field = name.split(".", 1)[0]
-            spans = record["spans"].get(name, [])
-            for span in spans if isinstance(spans, list) else [None]:
-                if span is None or not valid_span(span, spec.length, spec.shape):
-                    problems.append(Damage(field, name, 0, spec.length, f"bad span {span!r:.60}"))
-                    continue
-                start, stop, expected = span[:3]
-                shape = span[3] if len(span) > 3 else None
-                actual = hash_rows(self._arrays[name], start, stop, shape)
-                if actual != expected:
-                    msg = f"checksum {actual} != recorded {expected}"
-                    problems.append(Damage(field, name, start, stop, msg))
-        return problems
+        return verify_spans(self._manifest, self._arrays)
 
     # -- into training (oocstore/sinks/: frameworks imported only when asked for) ------------
 
