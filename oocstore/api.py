@@ -17,6 +17,7 @@ from .reader import open as _open_store
 from .schema import Casting
 from .sizing import MemoryLike
 from .sources import as_stream
+from .sources._prefetch import prefetch
 from .writer import PathLike, RaggedMode, ShapeLike, Writer
 
 __all__ = ["convert", "open", "write"]
@@ -221,8 +222,13 @@ def write(
         storage_options=storage_options,
     )
     writer.n_batches_hint = stream.n_batches if length is None else None
-    with writer:
-        writer.extend(stream.batches)
+    # The source makes its next batches while the writer writes this one (a bounded queue).
+    batches = prefetch(stream.batches, max_bytes=writer.budget // 8)
+    try:
+        with writer:
+            writer.extend(batches)
+    finally:
+        batches.close()
     return open(path, storage_options=storage_options)
 
 

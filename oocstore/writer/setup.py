@@ -52,7 +52,7 @@ def at_url(
 
     There is no lock at a URL (see :mod:`oocstore.backends.zarr_fsspec`).
     """
-    from .backends.zarr_fsspec import FsspecZarrBackend
+    from ..backends.zarr_fsspec import FsspecZarrBackend
 
     if backend not in (None, "zarr"):
         msg = f"a store at a URL ({url!r}) is a Zarr store; backend={backend!r} cannot be one"
@@ -124,7 +124,7 @@ def clear_existing(w: Writer, existing_backend: str | None, overwrite: bool) -> 
 
 def reopen(w: Writer) -> None:
     if w.url is not None:
-        from .backends.zarr_fsspec import read_url_manifest
+        from ..backends.zarr_fsspec import read_url_manifest
 
         manifest = read_url_manifest(w.url, w.backend.options.extra["storage_options"])
     else:
