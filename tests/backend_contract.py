@@ -296,6 +296,52 @@ class BackendTests:
         b.close()
         self.check_rows(backend_cls, root, {"x": np.empty((0, 3), "<f4")})
 
+    @pytest.mark.parametrize(
+        "dtype", [">i4", "<u8", "<f2", "?", "<c8", "<M8[ns]", ">m8[s]", "S3", "<U2"]
+    )
+    def test_exact_dtypes(
+        self,
+        backend_cls: type[Backend],
+        make: Callable[[Path], Backend],
+        root: Path,
+        dtype: str,
+    ) -> None:
+        """Arrays keep their exact dtype, byte order included, where the backend takes it
+        (``supports_dtype``, where a backend has it, says which it refuses)."""
+        dt = np.dtype(dtype)
+        supports = getattr(backend_cls, "supports_dtype", None)
+        if supports is not None and not supports(dt):
+            pytest.skip(f"{backend_cls.__name__} does not store {dt}")
+        n = 7
+        if dt.kind in "SU":
+            x = np.array([f"s{i}" for i in range(n * 2)], dtype=dt).reshape(n, 2)
+        elif dt.kind in "Mm":
+            x = (np.arange(n * 2) * 977).astype(dt).reshape(n, 2)
+        else:
+            x = (np.arange(n * 2) % 5).astype(dt).reshape(n, 2)
+        self.committed(make, root, {"x": x})
+        self.check_rows(backend_cls, root, {"x": x})
+
+    def test_create_array_replaces(
+        self, backend_cls: type[Backend], make: Callable[[Path], Backend], root: Path
+    ) -> None:
+        """create_array of a name that exists replaces it (the writer relays out a field
+        that no commit declared rows of yet under the same name)."""
+        b = make(root)
+        b.create()
+        b.create_array("x", np.dtype("<f4"), (3,), 8)
+        b.write("x", 0, rows(5))
+        b.sync({"x": 0})
+        b.write_manifest(dense_manifest(b.name, {"x": ("<f4", (3,), 0)}, 0))
+        x = rows(6, (2, 2), "<i8", seed=4)
+        b.create_array("x", x.dtype, (2, 2), 8)
+        b.write("x", 0, x)
+        np.testing.assert_array_equal(b.read("x", 0, 6), x)
+        b.sync({"x": 6})
+        b.write_manifest(dense_manifest(b.name, {"x": (x.dtype, (2, 2), 6)}, 6))
+        b.close()
+        self.check_rows(backend_cls, root, {"x": x})
+
     def test_reserve_grows_capacity(
         self, backend_cls: type[Backend], make: Callable[[Path], Backend], root: Path
     ) -> None:
@@ -331,6 +377,23 @@ class BackendTests:
         assert self.raw_capacity(root, "y") == 10
         got = self.check_rows(backend_cls, root, {"x": x, "y": y})
         assert got.complete
+
+    def test_finalize_to_no_rows(
+        self, backend_cls: type[Backend], make: Callable[[Path], Backend], root: Path
+    ) -> None:
+        """A store finalized with no rows: the files hold none, the store reads empty."""
+        b = make(root)
+        b.create()
+        b.create_array("x", np.dtype("<f4"), (3,), 16)
+        b.sync({"x": 0})
+        m = dense_manifest(b.name, {"x": ("<f4", (3,), 0)}, 0)
+        b.write_manifest(m)
+        b.finalize({"x": 0})
+        m.complete = True
+        b.write_manifest(m)
+        b.close()
+        assert self.raw_capacity(root, "x") == 0
+        self.check_rows(backend_cls, root, {"x": np.empty((0, 3), "<f4")})
 
     def test_delete_array_removes_files(
         self, backend_cls: type[Backend], make: Callable[[Path], Backend], root: Path
