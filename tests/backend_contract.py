@@ -4,7 +4,10 @@ The contract is :class:`oocstore.backends.base.Backend` and its docstrings. Each
 short subclass (``tests/test_backend_contract.py``), as zarr-python's ``StoreTests`` and
 fsspec's abstract tests do: the fixtures and raw-file hooks below raise NotImplementedError
 here and are given there. The raw hooks read what reached the disk with the plain libraries
-(``np.load``, ``zarr``, ``h5py``), never through the backend's own reader.
+(``np.load``, ``zarr``, ``h5py``), never through the backend's own reader. Reads go through
+``read_manifest``/``open_arrays`` hooks that default to the backend's class methods (the fsspec
+subclass routes them to the URL readers; ``test_class_methods_read`` keeps the class methods
+under test for every backend).
 
 Manifests are built the way the writer builds them (``Writer._snapshot``): a ``Schema`` of
 ``FieldSpec`` s, a ``FieldLayout`` per field, an ``ArraySpec`` per physical array.
