@@ -23,27 +23,6 @@ from oocstore.manifest import Manifest
 
 from .backend_contract import BackendTests
 
-# A real bug, left for the backends' owner: both loops return from inside
-# ``for entry in os.scandir(root)`` without closing the iterator.
-UNCLOSED_SCANDIR = pytest.mark.xfail(
-    strict=True,
-    raises=pytest.PytestUnraisableExceptionWarning,
-    reason="unfinished_files returns None from inside an unclosed os.scandir() loop: "
-    "ResourceWarning (an error under filterwarnings=error)",
-)
-
-
-# A real bug, left for the backends' owner: ZarrBackend.write of rows into an encoded unit
-# that exists calls reader.forget() and then reads the unit's other rows back through the
-# same reader (_write_unit -> read_cells), which caches the old unit again; read() then
-# serves it. The files are right (plain zarr reads them), the writer's own reads are not.
-STALE_UNIT_READ = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Zarr with compressors: read() after a write into a chunk/shard that already "
-    "holds rows returns the old chunk (its cache is refilled by the write's read-back)",
-)
-
 
 class LocalRoots:
     """Fresh roots under ``tmp_path``, each alone in its own directory."""
@@ -69,7 +48,6 @@ class TestNpyBackend(LocalRoots, BackendTests):
             reason="link_array hard-links src's .npy file, so dst's sync rewrites the header "
             "they share: np.load of src then shows dst's shape and length, not the commit's",
         ),
-        "test_unfinished_files_refuses_foreign_files": UNCLOSED_SCANDIR,
     }
 
     @pytest.fixture
@@ -104,9 +82,7 @@ def _zarr_length(doc: bytes, name: str) -> int:
 
 class TestZarrBackend(LocalRoots, BackendTests):
     suffix = ".zarr"
-    known_failures: ClassVar[dict[str, pytest.MarkDecorator]] = {
-        "test_unfinished_files_refuses_foreign_files": UNCLOSED_SCANDIR,
-    }
+    known_failures: ClassVar[dict[str, pytest.MarkDecorator]] = {}
     chunks: ClassVar[int | None] = 4  # several chunks per array: boundaries get written
 
     @pytest.fixture
@@ -158,11 +134,6 @@ class TestZarrEncodedBackend(TestZarrBackend):
 
     known_failures: ClassVar[dict[str, pytest.MarkDecorator]] = {
         **TestZarrBackend.known_failures,
-        **dict.fromkeys(
-            # link_array's default copies through read(), so the stale rows land in dst.
-            ("test_read_sees_every_write", "test_link_array", "test_random_writes_match_numpy"),
-            STALE_UNIT_READ,
-        ),
     }
 
     def options(self, root: Path) -> BackendOptions:

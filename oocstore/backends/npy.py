@@ -77,13 +77,14 @@ class NpyBackend(Backend):
         if (root / MANIFEST_NAME).exists() or (root / MANIFEST_NAME).is_symlink():
             return None
         found = []
-        for entry in os.scandir(root):
-            if entry.name == cls.lock_path(root).name:
-                continue
-            ours = _ARRAY_FILE.fullmatch(entry.name) or _PARTIAL_MANIFEST.fullmatch(entry.name)
-            if not ours or not entry.is_file(follow_symlinks=False):
-                return None
-            found.append(Path(entry.path))
+        with os.scandir(root) as entries:  # closed on the early returns too
+            for entry in entries:
+                if entry.name == cls.lock_path(root).name:
+                    continue
+                ours = _ARRAY_FILE.fullmatch(entry.name) or _PARTIAL_MANIFEST.fullmatch(entry.name)
+                if not ours or not entry.is_file(follow_symlinks=False):
+                    return None
+                found.append(Path(entry.path))
         return found
 
     @classmethod

@@ -1064,22 +1064,24 @@ class ZarrBackend(Backend):
         if (root / _ZARR_JSON).exists() or (root / _ZARR_JSON).is_symlink():
             return None
         found: list[Path] = []
-        for entry in os.scandir(root):
-            if _PARTIAL_META.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                found.append(Path(entry.path))
-                continue
-            if not _ARRAY_DIR.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
-                return None
-            for sub in os.scandir(entry.path):
-                ours = (
-                    sub.name == _ZARR_JSON
-                    or _CHUNK_KEY.fullmatch(sub.name)
-                    or _PARTIAL_META.fullmatch(sub.name)
-                    or sub.name.startswith(_TMP_PREFIX)
-                )
-                if not ours or not sub.is_file(follow_symlinks=False):
+        with os.scandir(root) as entries:  # closed on the early returns too
+            for entry in entries:
+                if _PARTIAL_META.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                    found.append(Path(entry.path))
+                    continue
+                if not _ARRAY_DIR.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
                     return None
-                found.append(Path(sub.path))
+                with os.scandir(entry.path) as subs:
+                    for sub in subs:
+                        ours = (
+                            sub.name == _ZARR_JSON
+                            or _CHUNK_KEY.fullmatch(sub.name)
+                            or _PARTIAL_META.fullmatch(sub.name)
+                            or sub.name.startswith(_TMP_PREFIX)
+                        )
+                        if not ours or not sub.is_file(follow_symlinks=False):
+                            return None
+                        found.append(Path(sub.path))
         # The writer unlinks these files; create() then removes the emptied directories.
         return found
 
@@ -1361,6 +1363,9 @@ class ZarrBackend(Backend):
                 self._write_rows(st, start, cells, tile)
         else:
             self._write_rows(st, start, data, None)
+        # Writing into an encoded unit read its other rows back through the reader, which
+        # cached the unit as it was before this write: forget it again.
+        st.reader.forget()
         st.written = max(st.written, stop)
 
     def _write_rows(
