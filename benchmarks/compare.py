@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import drop_caches, replace_section, vm_hwm_mb, vm_rss_mb
+from _common import drop_caches, replace_section, vm_hwm_mb, vm_rss_mb, write_direct
 
 Batch = tuple[Any, ...]  # one entry per field: an array, or a list of arrays (ragged)
 Arrays = dict[str, Any]
@@ -190,44 +190,14 @@ def write_raw(wl: Workload, pool: Sequence[Batch], out: Path) -> None:
 
 
 def write_raw_direct(wl: Workload, pool: Sequence[Batch], out: Path) -> None:
-    """The same bytes with ``O_DIRECT``: copied into two reused 8 MiB aligned buffers, each
-    written by a helper thread while the other fills (the disk's limit without the cache)."""
-    import mmap
-    from concurrent.futures import ThreadPoolExecutor
-
-    size = 8 * 2**20
-    path = out / "raw.bin"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
-    bufs = [mmap.mmap(-1, size) for _ in range(2)]
-    views = [memoryview(b) for b in bufs]
-    pending = [None, None]
-    k, fill, offset, total = 0, 0, 0, 0
-    with ThreadPoolExecutor(1) as pool_:
-        for b in batches(wl, pool):
-            for field_ in b:
-                for a in field_ if isinstance(field_, list) else [field_]:
-                    data = a.data.cast("B")
-                    total += len(data)
-                    pos = 0
-                    while pos < len(data):
-                        take = min(size - fill, len(data) - pos)
-                        views[k][fill : fill + take] = data[pos : pos + take]
-                        fill += take
-                        pos += take
-                        if fill == size:
-                            pending[k] = pool_.submit(os.pwrite, fd, views[k], offset)
-                            offset += size
-                            k, fill = 1 - k, 0
-                            if pending[k] is not None:
-                                pending[k].result()
-        for f in pending:
-            if f is not None:
-                f.result()
-    if fill:  # the tail, padded to a page for O_DIRECT, then cut to the true length
-        whole = -(-fill // 4096) * 4096
-        os.pwrite(fd, views[k][:whole], offset)
-        os.ftruncate(fd, total)
-    os.close(fd)
+    """The same bytes with ``O_DIRECT`` from two reused buffers (``_common.write_direct``)."""
+    pieces = (
+        a
+        for b in batches(wl, pool)
+        for field_ in b
+        for a in (field_ if isinstance(field_, list) else [field_])
+    )
+    write_direct(pieces, out / "raw.bin")
 
 
 def write_np_concat(wl: Workload, pool: Sequence[Batch], out: Path) -> None:

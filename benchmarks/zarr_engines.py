@@ -19,7 +19,6 @@ of whole samples, staged rows written chunk-aligned, and waits until the data is
 from __future__ import annotations
 
 import argparse
-import mmap
 import os
 import shutil
 import statistics
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import drop_caches, warm_page_cache
+from _common import drop_caches, warm_page_cache, write_direct
 
 SHAPE = (64, 64, 3)
 BATCH = 256
@@ -103,30 +102,7 @@ def child(name: str, root: Path, n: int) -> float:
             f.flush()
             os.fsync(f.fileno())
     elif name == "raw-direct":
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
-        size = 8 * 2**20
-        bufs = [mmap.mmap(-1, size) for _ in range(2)]
-        views = [np.frombuffer(b, np.uint8) for b in bufs]
-        k, fill, off = 0, 0, 0
-        total = n * row
-        for b in stream(pool, n):
-            flat = b.reshape(-1)
-            pos = 0
-            while pos < len(flat):
-                take = min(size - fill, len(flat) - pos)
-                views[k][fill : fill + take] = flat[pos : pos + take]
-                fill += take
-                pos += take
-                if fill == size:
-                    os.pwrite(fd, bufs[k], off)
-                    off += size
-                    k, fill = 1 - k, 0
-        if fill:
-            whole = -(-fill // 4096) * 4096
-            os.pwrite(fd, memoryview(bufs[k])[:whole], off)
-            os.ftruncate(fd, total)
-        os.fsync(fd)
-        os.close(fd)
+        write_direct((b for b in stream(pool, n)), path)
     elif name == "oocstore":
         oocstore.write(stream(pool, n), root / "out.zarr", length=n, names=("images",))
     elif name == "zarr-python":

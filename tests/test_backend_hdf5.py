@@ -819,7 +819,7 @@ def test_resume_survives_metadata_that_hangs_libhdf5(tmp_path: Path, monkeypatch
     process first, so it rebuilds the file from its commit record instead of hanging."""
     from oocstore.backends.hdf5 import repair
 
-    monkeypatch.setattr(repair, "PROBE_SECONDS", 5.0)
+    monkeypatch.setattr(repair, "PROBE_SECONDS", 3.0)
     n = 24
     imgs = [np.full((i % 3 + 2, i % 4 + 1), i, np.uint8) for i in range(n)]
     x = np.arange(n * 3, dtype=np.float32).reshape(n, 3) / 7
