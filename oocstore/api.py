@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .convert import copy_store
-from .reader import Store
-from .reader import open as _open_store
+from .reader import (
+    Store,
+    open,
+)
 from .schema import Casting
 from .sizing import MemoryLike
 from .sources import as_stream
@@ -21,26 +23,6 @@ from .sources._prefetch import prefetch
 from .writer import PathLike, RaggedMode, ShapeLike, Writer
 
 __all__ = ["convert", "open", "write"]
-
-
-def open(
-    path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
-) -> Store:
-    """Open the store at ``path`` read-only; the backend is detected from what is on disk.
-
-    ``path`` may be an fsspec URL (``memory://...``, ``s3://...``) of a Zarr store;
-    ``storage_options`` then go to its filesystem.
-
-    Raises
-    ------
-    StoreNotFoundError
-        If nothing is at ``path``.
-    UnknownBackendError
-        If ``path`` holds no oocstore store.
-    CorruptStoreError
-        If the manifest or a file is damaged, tampered with or inconsistent.
-    """
-    return _open_store(path, storage_options=dict(storage_options or {}))
 
 
 def convert(
@@ -64,7 +46,7 @@ def convert(
     Store
         The new store, opened read-only.
     """
-    store = src if isinstance(src, Store) else _open_store(src)
+    store = src if isinstance(src, Store) else open(src)
     copy_store(
         store,
         dst,
@@ -74,7 +56,7 @@ def convert(
         overwrite=overwrite,
         progress=progress,
     )
-    return _open_store(dst)
+    return open(dst)
 
 
 def write(

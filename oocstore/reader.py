@@ -575,7 +575,9 @@ def _open_url(url: str, storage_options: dict[str, Any]) -> Store:
     return Store(url, storage_options=storage_options)
 
 
-def open(path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None) -> Store:
+def open(
+    path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+) -> Store:
     """Open the store at ``path`` read-only; the backend is detected from what is on disk.
 
     ``path`` may be an fsspec URL (``memory://...``, ``s3://...``) of a Zarr store;
