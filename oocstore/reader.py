@@ -304,17 +304,13 @@ class Store:
 
     def chunk_rows(self, name: str) -> int | None:
         """Rows per chunk of physical array ``name`` on disk; None when it is not chunked."""
-        arr = self.physical_array(name)
-        chunks = getattr(arr, "chunks", None)
-        if self.backend == "zarr" and isinstance(chunks, tuple) and chunks:
-            return int(chunks[0])
-        info = self._manifest.extra.get("hdf5")
-        if isinstance(info, dict) and isinstance(info.get("arrays"), dict):
-            entry = info["arrays"].get(name)
-            if isinstance(entry, dict) and entry.get("layout") == "chunked":
-                rows = entry.get("chunk_rows")
-                return int(rows) if isinstance(rows, int) and rows > 0 else None
-        return None
+        return self._cls.stored_chunk_rows(self._manifest, name, self.physical_array(name))
+
+    def array_file(self, name: str) -> Path | None:
+        """The one local file holding physical array ``name``'s bytes (npy: its ``.npy``;
+        HDF5: the store's file); None for arrays of many files or a store at a URL."""
+        self.physical_array(name)  # KeyError naming the arrays there are
+        return None if self.url is not None else self._cls.array_file(self.path, name)
 
     def sample(self, field: str, index: int) -> np.ndarray:
         """Sample ``index`` of ``field`` with its true shape (padding cut off)."""

@@ -287,6 +287,24 @@ class BackendTests:
         arrays = backend_cls.open_arrays(root, got)
         np.testing.assert_array_equal(np.asarray(arrays["x"][:]), x)
 
+    def test_array_file_and_chunk_rows(
+        self, backend_cls: type[Backend], make: Callable[[Path], Backend], root: Path
+    ) -> None:
+        """What a reader may ask the backend instead of comparing its name: the one file
+        holding an array (it holds the committed bytes), and the rows per stored chunk."""
+        x = rows(40)
+        self.committed(make, root, {"x": x})
+        m = self.read_manifest(backend_cls, root)
+        arrays = self.open_arrays(backend_cls, root, m)
+        where = backend_cls.array_file(root, "x")
+        if where is not None:
+            assert where.is_file()
+            assert x[-1].tobytes() in where.read_bytes()  # its bytes are in that file
+        chunk = backend_cls.stored_chunk_rows(m, "x", arrays["x"])
+        assert chunk is None or chunk >= 1
+        if backend_cls.zero_copy:
+            assert chunk is None  # memory-mapped arrays are not chunked
+
     def test_empty_commit(
         self, backend_cls: type[Backend], make: Callable[[Path], Backend], root: Path
     ) -> None:

@@ -203,3 +203,22 @@ def test_every_relative_import_names_a_module_that_exists() -> None:
             if base not in modules:
                 wrong.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {base}")
     assert not wrong, "relative imports of modules that do not exist:\n" + "\n".join(wrong)
+
+
+def test_reader_and_sinks_never_compare_backend_names() -> None:
+    """What differs between formats is asked of the backend (``array_file``,
+    ``stored_chunk_rows``...), never decided by its name above the backends."""
+    names = {"npy", "zarr", "hdf5"}
+    wrong = []
+    paths = [PACKAGE / "reader.py", *sorted((PACKAGE / "sinks").glob("*.py"))]
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                consts = [
+                    c.value
+                    for c in [node.left, *node.comparators]
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                ]
+                if names & set(consts):
+                    wrong.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not wrong, "backend names compared outside the backends: " + ", ".join(wrong)

@@ -137,6 +137,18 @@ class Backend(ABC):
         return root / ".lock"
 
     @classmethod
+    def array_file(cls, root: Path, name: str) -> Path | None:
+        """The one file holding physical array ``name``'s bytes, where there is one (a reader
+        may map it privately); None where an array is many files or not a file."""
+        return None
+
+    @classmethod
+    def stored_chunk_rows(cls, manifest: Manifest, name: str, array: ArrayReader) -> int | None:
+        """Rows per chunk of committed array ``name`` on disk (``array`` is its open reader);
+        None when it is not chunked."""
+        return None
+
+    @classmethod
     def unfinished_files(cls, root: Path) -> list[Path] | None:
         """The files a writer killed before its first commit left at ``root`` (no manifest).
 

@@ -71,6 +71,10 @@ class NpyBackend(Backend):
         return root.is_dir() and (root / MANIFEST_NAME).is_file()
 
     @classmethod
+    def array_file(cls, root: Path, name: str) -> Path | None:
+        return root / f"{name}.npy"
+
+    @classmethod
     def unfinished_files(cls, root: Path) -> list[Path] | None:
         if root.is_symlink() or not root.is_dir() or not cls.lock_path(root).is_file():
             return None

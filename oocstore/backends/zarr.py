@@ -1052,6 +1052,11 @@ class ZarrBackend(Backend):
         return out
 
     @classmethod
+    def stored_chunk_rows(cls, manifest: Manifest, name: str, array: ArrayReader) -> int | None:
+        chunks = getattr(array, "chunks", None)
+        return int(chunks[0]) if isinstance(chunks, tuple) and chunks else None
+
+    @classmethod
     def lock_path(cls, root: Path) -> Path:
         """A hidden file beside the store: zarr-python warns about any entry in a group's
         directory that is not a Zarr node (``g.members()`` would warn about ``.lock``)."""

@@ -153,12 +153,8 @@ class StoreDataset(Dataset[Any]):
         """Does ``__getitems__`` read whole batches (no per-sample ``transform``)?"""
 
     def _file(self, array_name: str) -> Path | None:
-        """The file holding a physical array, by the backends' documented layouts."""
-        if self.store.backend == "npy":
-            return self.store.path / f"{array_name}.npy"
-        if self.store.backend == "hdf5":
-            return self.store.path
-        return None
+        """The file holding a physical array, where it is one file (the backend says)."""
+        return self.store.array_file(array_name)
 
     def _reader(self, field: str) -> Reader:
         kind = self.store.layout(field)

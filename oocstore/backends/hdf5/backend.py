@@ -186,6 +186,19 @@ class Hdf5Backend(Backend):
             return False
 
     @classmethod
+    def array_file(cls, root: Path, name: str) -> Path | None:
+        return root  # every array is a dataset of the one file
+
+    @classmethod
+    def stored_chunk_rows(cls, manifest: Manifest, name: str, array: ArrayReader) -> int | None:
+        info = manifest.extra.get("hdf5")
+        entry = info.get("arrays", {}).get(name) if isinstance(info, dict) else None
+        if isinstance(entry, dict) and entry.get("layout") == "chunked":
+            rows = entry.get("chunk_rows")
+            return int(rows) if isinstance(rows, int) and rows > 0 else None
+        return None
+
+    @classmethod
     def lock_path(cls, root: Path) -> Path:
         """A hidden file beside the store: the store is one file, which HDF5 itself locks."""
         return root.with_name(f".{root.name}.lock")
