@@ -1,4 +1,4 @@
-"""Training reads from a store against the memory map itself (issue 17).
+"""Training reads from a store against the memory map itself.
 
 What it measures
 ----------------

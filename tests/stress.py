@@ -2,7 +2,7 @@
 
 Every reliability test runs twice over: a ``fast`` parametrisation that ``make test`` runs (a
 handful of cases per backend) and a ``full`` one marked ``stress`` that only ``make stress``
-runs, with the counts issue 8 asks for. The full runs add their counts to a JSON summary
+runs, with the counts of docs/guarantees.md. The full runs add their counts to a JSON summary
 (``OOCSTORE_STRESS_REPORT``, default ``stress-summary.json`` in the working directory) from
 which docs/guarantees.md quotes its numbers.
 """

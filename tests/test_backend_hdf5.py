@@ -301,7 +301,7 @@ def test_tampered_extents_are_a_corrupt_store(tmp_path: Path) -> None:
         Hdf5Backend.open_arrays(path, manifest)
 
 
-# -- small chunks: extents as runs (issue 16) ---------------------------------------------------
+# -- small chunks: extents as runs ------------------------------------------------------------------
 
 
 def record_of(path: Path) -> tuple[int, bytes]:
@@ -793,7 +793,7 @@ def test_full_disk_is_disk_full_error_and_resumable(tmp_path: Path) -> None:
 def test_resume_rebuilds_a_file_whose_manifest_attribute_is_damaged(tmp_path: Path) -> None:
     """HDF5 metadata that opens but cannot be read back (a damaged global heap, where the
     manifest attribute's text lives) is rebuilt from the commit record on resume, not a bare
-    OSError at the first commit (issue 8)."""
+    OSError at the first commit."""
     path = tmp_path / "s.h5"
     x = np.arange(60, dtype=np.float32).reshape(20, 3)
     w = oocstore.Writer(path, names=("x",), length=20)

@@ -1,4 +1,4 @@
-"""Dask: stores read as dask arrays, dask arrays written by Dask's own workers (issue 9)."""
+"""Dask: stores read as dask arrays, dask arrays written by Dask's own workers."""
 
 from __future__ import annotations
 

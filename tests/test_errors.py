@@ -326,7 +326,7 @@ def test_tampered_packed_offsets_and_shapes(
     tmp_path: Path, array: str, index: int, value: int, match: str
 ) -> None:
     """Offsets or shapes pointing outside the values are a CorruptStoreError naming the field,
-    never a bare ValueError or IndexError from slicing (issue 8)."""
+    never a bare ValueError or IndexError from slicing."""
     path = tmp_path / "s.ooc"
     _packed_store(path)
     arr = np.load(path / f"img.{array}.npy", mmap_mode="r+")
@@ -361,7 +361,7 @@ def test_tampered_padded_shape(tmp_path: Path) -> None:
 @pytest.mark.parametrize("backend", ["npy", "zarr", "hdf5"])
 def test_planted_fifo_is_refused_without_blocking(tmp_path: Path, backend: str) -> None:
     """A FIFO in place of a store file is refused at once: opening one for reading would
-    otherwise block until some process writes to it (a hang, issue 8)."""
+    otherwise block until some process writes to it (a hang)."""
     suffix = {"npy": ".ooc", "zarr": ".zarr", "hdf5": ".h5"}[backend]
     path = tmp_path / f"s{suffix}"
     write_store(path).close()

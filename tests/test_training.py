@@ -1,4 +1,4 @@
-"""Training reads (issue 17): epoch orders, resuming, sharding, and ``store.loader``.
+"""Training reads: epoch orders, resuming, sharding, and ``store.loader``.
 
 The invariants are checked on :class:`EpochOrder` (pure NumPy, fast) with hypothesis, then
 end to end on ``store.batches`` and ``store.loader`` with a few small cases; worker and
