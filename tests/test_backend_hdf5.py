@@ -301,7 +301,7 @@ def test_tampered_extents_are_a_corrupt_store(tmp_path: Path) -> None:
         Hdf5Backend.open_arrays(path, manifest)
 
 
-# -- small chunks: extents as runs ------------------------------------------------------------------
+# -- small chunks: extents as runs -----------------------------------------------------------------
 
 
 def record_of(path: Path) -> tuple[int, bytes]:
