@@ -27,7 +27,7 @@ from ..errors import BackendUnavailableError, CorruptStoreError, UnsupportedStor
 from ..manifest import MAX_MANIFEST_BYTES, Manifest
 from ._lazy import LazyArray
 from .base import ArrayReader, Backend, BackendOptions, RegionWriter
-from .zarr import (
+from .zarr.spec import (
     _ZARR_JSON,
     ATTRIBUTE,
     _array_doc,
@@ -39,7 +39,7 @@ from .zarr import (
     chunk_rows_for,
     shard_rows_for,
 )
-from .zarr import DEFAULT_COMPRESSORS as _DEFAULT_COMPRESSORS
+from .zarr.spec import DEFAULT_COMPRESSORS as _DEFAULT_COMPRESSORS
 
 __all__ = [
     "FsspecZarrBackend",

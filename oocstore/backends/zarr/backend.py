@@ -1,0 +1,841 @@
+"""The Zarr v3 backend: a group with one array per field and the manifest in its attributes.
+
+On disk a store is a plain Zarr v3 group (``zarr.open(path)`` reads it): array ``x`` holds field
+``x``, ragged fields add ``x.shapes`` (or ``x.values``/``x.offsets``/``x.shapes`` when packed),
+and the group's attribute ``"oocstore"`` holds the full manifest, the one record of how many rows
+are committed. Zarr's own array shape runs ahead of it while a writer grows the arrays.
+
+Why chunk files are written here and not through zarr-python: zarr 3.1's write path reached
+about 0.1x the disk's sequential speed on small images (per-chunk overhead of its async
+pipeline, and a read-modify-write for every batch that is not chunk-aligned). The writer hands
+this backend whole, chunk-aligned runs of rows, which are encoded as the array's own metadata
+says (the ``bytes`` codec, then ``zstd``/``blosc``/``gzip``/``crc32c``, optionally inside the
+``sharding_indexed`` codec) and written with ``pwrite``. Arrays whose codecs this module does
+not know are read and written through zarr-python instead (correct, slower). The tests check
+every layout against zarr-python itself.
+
+Chunk keys are flat (``x/c.0.0.0.0``: the default encoding with the ``.`` separator), so a
+commit fsyncs one directory per array. Each chunk file gets its blocks (``posix_fallocate``)
+before it is written: a full disk fails there, and it measured ~1.8x faster here.
+
+Crash safety: chunk files written since the last commit, and the directories that gained
+entries, are fsynced by :meth:`ZarrBackend.sync` (which may run in the writer's commit thread);
+a chunk file that already holds committed rows is only replaced whole (its old version and the
+new one fsynced, then a rename) or, when stored uncompressed, rewritten in place with the same
+bytes for its committed rows. ``zarr.json`` documents (zarr-python's ``LocalStore`` renames but
+never fsyncs them) are written here with :func:`oocstore._durable.atomic_write_bytes`; the
+group's ``zarr.json`` is the commit point.
+
+Readers get :class:`ZarrArray` views of the committed rows. Each holds its array's directory
+open with a shared ``flock``: when the writer drops an array a view still reads (a ragged field
+changing layout), it moves the directory into a hidden attic beside the store instead of
+deleting it, and later writer steps delete what no view holds. The writer's lock file sits
+beside the store too: zarr-python warns about anything in a group that is not a Zarr node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..._direct import DIRECT_AFTER, DirectWriter
+from ..._durable import (
+    atomic_write_bytes,
+    fsync_dir,
+    fsync_fd,
+    open_nofollow,
+    preallocate,
+    pwrite_all,
+)
+from ...errors import CorruptStoreError, UnsupportedDtypeError
+from ...manifest import MAX_MANIFEST_BYTES, Manifest
+from ..base import ArrayReader, Backend, BackendOptions, RegionWriter
+from .codecs import _encode_unit
+from .region import ZarrRegionWriter
+from .spec import (
+    _ARRAY_DIR,
+    _CHUNK_KEY,
+    _PARTIAL_META,
+    _TMP_PREFIX,
+    _ZARR_JSON,
+    ATTRIBUTE,
+    DEFAULT_COMPRESSORS,
+    _array_doc,
+    _check_dtype,
+    _data_type_json,
+    _disk_errors,
+    _dumps,
+    _fills,
+    _Layout,
+    _load_json,
+    _open_layout,
+    _option_for,
+    _read_bounded,
+    chunk_rows_for,
+    shard_rows_for,
+)
+from .view import ZarrArray, _in_use, _open_zarr, _UnitReader
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _WriteState:
+    """Writer-side state of one array."""
+
+    layout: _Layout
+    reader: _UnitReader
+    written: int = 0
+    """Rows written so far (committed rows after a resume)."""
+    meta_dirty: bool = False
+    """The in-memory ``zarr.json`` (its shape) differs from the file."""
+    dirs: set[Path] = field(default_factory=set)
+    """Directories known to exist."""
+    zarr_array: Any = None
+    chunk: _OpenChunk | None = None
+    """The uncompressed chunk file being filled in place, kept open while rows go into it."""
+    run: int = 0
+    """Bytes written in place so far: a run that goes on from one chunk file to the next."""
+
+    def close_chunk(self) -> None:
+        """Put the open chunk file's rows in the file and close it."""
+        chunk, self.chunk = self.chunk, None
+        if chunk is not None:
+            try:
+                chunk.writer.close()
+            finally:
+                os.close(chunk.fd)
+
+    def next_chunk(self, path: Path, fd: int) -> None:
+        """Go on with chunk file ``path`` (open as ``fd``): the same writer, retargeted."""
+        old = self.chunk
+        if old is None:
+            after = max(DIRECT_AFTER - self.run, 0)
+            self.chunk = _OpenChunk(path, fd, DirectWriter(fd, path, after=after))
+            return
+        # self.chunk keeps the same writer meanwhile: a sync in the commit thread drains it,
+        # and retarget() has put the old file's rows in it before it moves on.
+        try:
+            old.writer.retarget(fd, path)
+        finally:
+            os.close(old.fd)
+        self.chunk = _OpenChunk(path, fd, old.writer)
+
+    def drain_chunk(self) -> None:
+        """Every row written into the open chunk file is in the file (before reading or
+        syncing it; may run in the commit thread)."""
+        chunk = self.chunk
+        if chunk is not None:
+            chunk.writer.drain()
+
+
+@dataclass
+class _OpenChunk:
+    path: Path
+    fd: int
+    writer: DirectWriter
+
+
+class ZarrBackend(Backend):
+    """Store arrays as a Zarr v3 group; readers get lazy :class:`ZarrArray` views.
+
+    Options: ``chunks`` (rows per chunk, for all arrays or per array name), ``compressors``
+    (passed to zarr-python: a codec, a list, ``"auto"`` for zarr's default zstd; None here
+    means uncompressed, see :data:`DEFAULT_COMPRESSORS`), ``extra["shards"]`` (rows per shard,
+    ``True`` for about :data:`SHARD_BYTES`, per array name as a dict).
+    """
+
+    name: ClassVar[str] = "zarr"
+    zero_copy: ClassVar[bool] = False
+    suffixes: ClassVar[tuple[str, ...]] = (".zarr",)
+    background_sync: ClassVar[bool] = True
+    grows_rows: ClassVar[bool] = True
+
+    def __init__(self, root: Path, options: BackendOptions | None = None) -> None:
+        super().__init__(root, options)
+        self._arrays: dict[str, _WriteState] = {}
+        self._mutex = threading.Lock()  # guards the sets below and zarr.json shapes
+        self._pending: set[Path] = set()  # chunk files written since the last sync
+        self._dirty_dirs: set[Path] = set()  # directories with entries new since then
+
+    @classmethod
+    def supports_dtype(cls, dtype: np.dtype[Any]) -> bool:
+        """Whether arrays of ``dtype`` can be stored (others raise UnsupportedDtypeError)."""
+        try:
+            _data_type_json(np.dtype(dtype).str)
+        except UnsupportedDtypeError:
+            return False
+        return True
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @classmethod
+    def holds_store(cls, root: Path) -> bool:
+        path = root / _ZARR_JSON
+        if not root.is_dir() or not path.is_file():
+            return False
+        try:
+            data = _read_bounded(path, MAX_MANIFEST_BYTES + 2**20, "group metadata")
+        except CorruptStoreError:
+            return True  # a store whose metadata is damaged: read_manifest says how
+        return f'"{ATTRIBUTE}"'.encode() in data
+
+    @classmethod
+    def read_manifest(cls, root: Path) -> Manifest:
+        path = root / _ZARR_JSON
+        where = os.fspath(path)
+        doc = _load_json(
+            _read_bounded(path, MAX_MANIFEST_BYTES + 2**20, "group metadata"),
+            where,
+            "group metadata",
+        )
+        if not isinstance(doc, dict) or doc.get("zarr_format") != 3:
+            raise CorruptStoreError(where, "not Zarr v3 metadata (zarr_format is not 3)")
+        if doc.get("node_type") != "group":
+            raise CorruptStoreError(where, "not a Zarr group (node_type is not 'group')")
+        attrs = doc.get("attributes")
+        if not isinstance(attrs, dict) or ATTRIBUTE not in attrs:
+            raise CorruptStoreError(
+                where, f"the group has no {ATTRIBUTE!r} attribute (no oocstore manifest)"
+            )
+        manifest = Manifest.from_json(attrs[ATTRIBUTE], where)
+        if manifest.backend != cls.name:
+            raise CorruptStoreError(
+                where, f"manifest says backend {manifest.backend!r}, files are zarr"
+            )
+        return manifest
+
+    @classmethod
+    def open_arrays(cls, root: Path, manifest: Manifest) -> dict[str, ArrayReader]:
+        out: dict[str, ArrayReader] = {}
+        fills = _fills(manifest)
+        for name, spec in manifest.arrays.items():
+            if _vanished_empty(root / name, spec.length):
+                out[name] = np.empty((0, *spec.shape), dtype=spec.dtype)
+                continue
+            layout = _open_layout(root / name, spec.dtype, spec.shape, fills.get(name, 0))
+            if layout.capacity < spec.length:
+                raise CorruptStoreError(
+                    os.fspath(layout.path / _ZARR_JSON),
+                    f"array has {layout.capacity:,} rows but the manifest commits "
+                    f"{spec.length:,}; was it truncated?",
+                )
+            out[name] = ZarrArray(layout, spec.length)
+        return out
+
+    @classmethod
+    def stored_chunk_rows(cls, manifest: Manifest, name: str, array: ArrayReader) -> int | None:
+        chunks = getattr(array, "chunks", None)
+        return int(chunks[0]) if isinstance(chunks, tuple) and chunks else None
+
+    @classmethod
+    def lock_path(cls, root: Path) -> Path:
+        """A hidden file beside the store: zarr-python warns about any entry in a group's
+        directory that is not a Zarr node (``g.members()`` would warn about ``.lock``)."""
+        return root.with_name(f".{root.name}.lock")
+
+    @classmethod
+    def unfinished_files(cls, root: Path) -> list[Path] | None:
+        if root.is_symlink() or not root.is_dir() or not cls.lock_path(root).is_file():
+            return None
+        if (root / _ZARR_JSON).exists() or (root / _ZARR_JSON).is_symlink():
+            return None
+        found: list[Path] = []
+        with os.scandir(root) as entries:  # closed on the early returns too
+            for entry in entries:
+                if _PARTIAL_META.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                    found.append(Path(entry.path))
+                    continue
+                if not _ARRAY_DIR.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
+                    return None
+                with os.scandir(entry.path) as subs:
+                    for sub in subs:
+                        ours = (
+                            sub.name == _ZARR_JSON
+                            or _CHUNK_KEY.fullmatch(sub.name)
+                            or _PARTIAL_META.fullmatch(sub.name)
+                            or sub.name.startswith(_TMP_PREFIX)
+                        )
+                        if not ours or not sub.is_file(follow_symlinks=False):
+                            return None
+                        found.append(Path(sub.path))
+        # The writer unlinks these files; create() then removes the emptied directories.
+        return found
+
+    # -- writing: arrays ---------------------------------------------------------------------
+
+    def create(self) -> None:
+        # Only the directory: the group's zarr.json is the commit point, written by the first
+        # commit, so a directory without it is not (yet) a store.
+        with _disk_errors(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
+        self._sweep_attic()
+        # Array directories a writer killed before its first commit left, emptied by the
+        # writer (unfinished_files): zarr-python would warn about them as unknown objects.
+        for entry in os.scandir(self.root):
+            if _ARRAY_DIR.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(entry.path)  # only if empty
+        fsync_dir(self.root.parent)
+
+    def open_existing(self, manifest: Manifest) -> dict[str, int]:
+        self._sweep_attic()
+        for entry in os.scandir(self.root):
+            if entry.name.startswith(_TMP_PREFIX) or entry.name.endswith(".partial"):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            elif (
+                _ARRAY_DIR.fullmatch(entry.name)
+                and entry.is_dir(follow_symlinks=False)
+                and entry.name not in manifest.arrays
+            ):
+                # Created by an interrupted writer after its last commit: not part of the store.
+                self._drop(entry.name)
+        capacities = {}
+        fills = _fills(manifest)
+        for name, spec in manifest.arrays.items():
+            if _vanished_empty(self.root / name, spec.length):
+                self.create_array(name, spec.dtype, spec.shape, 0)
+                capacities[name] = 0
+                continue
+            layout = _open_layout(self.root / name, spec.dtype, spec.shape, fills.get(name, 0))
+            if layout.capacity < spec.length:
+                raise CorruptStoreError(
+                    os.fspath(layout.path / _ZARR_JSON),
+                    f"array has {layout.capacity:,} rows but the manifest commits {spec.length:,}",
+                )
+            for entry in os.scandir(layout.path):
+                if entry.name.startswith(_TMP_PREFIX):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+            st = _WriteState(layout, _UnitReader(layout), written=spec.length)
+            if name in fills or list(layout.doc["shape"][1:]) != list(spec.shape):
+                self._shrink_rows(st)
+            self._arrays[name] = st
+            capacities[name] = layout.capacity
+        return capacities
+
+    def _shrink_rows(self, st: _WriteState) -> None:
+        """Back to the committed row shape, after a writer grew a padded field and was killed.
+
+        Its chunk files past the committed grid hold only rows never committed; they go, so
+        growing again starts from padding, never from a dead writer's samples. (zarr.json
+        may not show the growth: it is written at the next sync, and the kill can come first.)
+        """
+        lay = st.layout
+        grid = lay.grid()
+        for path, index in list(lay.chunk_files()):
+            if any(i >= g for i, g in zip(index[1:], grid, strict=False)):
+                os.unlink(path)
+                self._touched(dirs=(Path(path).parent,))
+        if list(lay.doc["shape"][1:]) != list(lay.row_shape):
+            with self._mutex:
+                lay.doc["shape"][1:] = list(lay.row_shape)
+                st.meta_dirty = True
+
+    def _compressors(self) -> Any:
+        given = self.options.compressors
+        return DEFAULT_COMPRESSORS if given is None else (given or None)
+
+    def _shards(self, name: str) -> Any:
+        """The ``shards`` option for array ``name``: rows per shard, True, or None/False."""
+        return _option_for(self.options.extra.get("shards"), name, "shards", allow_true=True)
+
+    def _chunking(self, name: str, row_nbytes: int, capacity: int) -> tuple[int, int | None]:
+        compressed = self._compressors() is not None
+        rows = _option_for(self.options.chunks, name, "chunks")
+        chunk = rows if rows is not None else chunk_rows_for(row_nbytes, compressed=compressed)
+        if rows is None and capacity > 0 and self.options.extra.get("length") is not None:
+            chunk = min(chunk, capacity)  # a short array of known length: no oversized chunk
+        shards = self._shards(name)
+        if shards is None or shards is False:
+            return chunk, None
+        if shards is True:
+            return chunk, shard_rows_for(chunk, row_nbytes)
+        return chunk, -(-shards // chunk) * chunk  # a whole number of chunks
+
+    def create_array(
+        self, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], capacity: int
+    ) -> None:
+        self._create(name, dtype, shape, capacity)
+
+    def create_padded(
+        self,
+        name: str,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        capacity: int,
+        fill: Any,
+        tile: tuple[int, ...],
+    ) -> None:
+        # Chunks are tiles of the trailing axes, so rows can grow without rewriting a byte:
+        # new tiles are new chunk files, and an edge tile wastes less than a tile per axis.
+        self._create(name, dtype, shape, capacity, tile=tile, fill=fill)
+
+    def _create(
+        self,
+        name: str,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        capacity: int,
+        *,
+        tile: tuple[int, ...] | None = None,
+        fill: Any = None,
+    ) -> None:
+        _check_dtype(dtype)
+        path = self.root / name
+        self._drop(name)
+        cell = tuple(shape) if tile is None else tile
+        nbytes = int(np.prod(cell, dtype=np.int64)) * dtype.itemsize
+        if tile is not None and (self._compressors() is not None or self._shards(name)):
+            # Chunks (or shards) written whole are staged whole, a row's every tile at once:
+            # sized on the row, so staging one stays near the target (and never on a tile
+            # larger than the row, so a few tiny first rows do not make a huge first chunk).
+            nbytes = max(nbytes, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        elif tile is not None:
+            # Written in place: the rows not written yet take no disk, so a chunk need not be
+            # cut to a capacity that, for a ragged stream, is only a guess from the first rows.
+            capacity = 0
+        chunk, shard = self._chunking(name, nbytes, capacity)
+        doc = _array_doc(
+            dtype, (capacity, *shape), chunk, shard, self._compressors(), tile=tile, fill=fill
+        )
+        with _disk_errors(path):
+            path.mkdir()
+            atomic_write_bytes(path / _ZARR_JSON, _dumps(doc))
+        self._touched(dirs=(self.root,))
+        layout = _Layout.parse(path, doc, dtype, os.fspath(path / _ZARR_JSON))
+        if fill is not None:
+            layout.fill = fill
+        self._arrays[name] = _WriteState(layout, _UnitReader(layout), dirs={path})
+
+    def grow_rows(self, name: str, shape: tuple[int, ...]) -> None:
+        st = self._arrays[name]
+        lay = st.layout
+        shape = tuple(int(d) for d in shape)
+        if len(shape) != len(lay.row_shape) or any(
+            a < b for a, b in zip(shape, lay.row_shape, strict=True)
+        ):
+            msg = f"rows of {name!r} can only grow, not go from {lay.row_shape} to {shape}"
+            raise ValueError(msg)
+        # Rows already written keep their tiles; the new tiles are missing files, which
+        # read as the fill value: their padding. zarr.json follows at the next sync.
+        with self._mutex:
+            lay.doc["shape"][1:] = list(shape)
+            lay.row_shape = shape
+            st.meta_dirty = True
+        st.zarr_array = None
+        st.reader.forget()
+
+    def _drop(self, name: str) -> None:
+        st = self._arrays.pop(name, None)
+        if st is not None:
+            st.close_chunk()
+        path = self.root / name
+        if path.is_dir() and not path.is_symlink():
+            if _in_use(path):
+                # A reader's view of an older commit still reads it: move it aside, whole.
+                attic = self.attic_path(self.root)
+                with _disk_errors(attic):
+                    attic.mkdir(exist_ok=True)
+                    os.rename(path, attic / f"{name}.{uuid.uuid4().hex}")
+            else:
+                shutil.rmtree(path)
+            self._touched(dirs=(self.root,))
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+    @classmethod
+    def attic_path(cls, root: Path) -> Path:
+        """Where arrays the writer dropped wait while readers still use them (beside the
+        store, like the lock: zarr-python would warn about it inside the group)."""
+        return root.with_name(f".{root.name}.attic")
+
+    def _sweep_attic(self) -> None:
+        """Delete the dropped arrays no reader uses any more (and the attic, once empty)."""
+        attic = self.attic_path(self.root)
+        try:
+            entries = list(os.scandir(attic))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False) and not _in_use(Path(entry.path)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            attic.rmdir()  # only if empty
+
+    def delete_array(self, name: str) -> None:
+        self._drop(name)
+
+    def chunk_rows(self, name: str) -> int:
+        # A shard when sharded (one file), else a chunk.
+        return self._arrays[name].layout.unit_rows
+
+    def write_unit_rows(self, name: str) -> int:
+        # Uncompressed chunks take rows at their offsets (_write_in_place): no staging copy
+        # to whole chunks; encoded ones are written whole, never read back and rewritten.
+        lay = self._arrays[name].layout
+        return 1 if lay.in_place else lay.unit_rows
+
+    def reserve(self, name: str, capacity: int) -> None:
+        # Growth is a change of the shape in zarr.json, written at the next sync; chunk files
+        # get their blocks when written, so a full disk fails there (pwrite), never later.
+        st = self._arrays[name]
+        if capacity > st.layout.capacity:
+            with self._mutex:
+                st.layout.doc["shape"][0] = int(capacity)
+                st.meta_dirty = True
+            st.zarr_array = None
+
+    def region_writer(self, name: str, stop: int) -> RegionWriter:
+        st = self._arrays[name]
+        st.close_chunk()
+        self.reserve(name, stop)
+        self._flush_meta(st)  # region writers read the array's zarr.json for its layout
+        lay = st.layout
+        return ZarrRegionWriter(name, lay.path, lay.dtype, lay.row_shape, stop)
+
+    def rows_written(self, name: str, stop: int) -> None:
+        st = self._arrays[name]
+        st.written = max(st.written, stop)
+        st.reader.forget()
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        st = self._arrays[name]
+        st.drain_chunk()
+        if not st.layout.native:
+            self._flush_meta(st)
+        out = st.reader.read(start, stop)
+        return out if out.dtype == st.layout.dtype else out.astype(st.layout.dtype)
+
+    # -- writing: rows -----------------------------------------------------------------------
+
+    def write(self, name: str, start: int, values: np.ndarray) -> None:
+        st = self._arrays[name]
+        lay = st.layout
+        n = len(values)
+        if n == 0:
+            return
+        stop = start + n
+        if stop > lay.capacity:
+            self.reserve(name, stop)
+        if lay.row_nbytes == 0:
+            # Rows of no bytes need no chunk files (zarr reads none): and a padded field that
+            # starts empty must not leave chunks sized for empty rows when it grows.
+            st.written = max(st.written, stop)
+            return
+        data = np.ascontiguousarray(values, dtype=lay.store_dtype)
+        st.reader.forget()  # its decoded chunk may be one this write changes
+        if not lay.native:
+            self._write_zarr(st, start, data)
+        elif lay.tiled:
+            for tile in lay.tiles():
+                where, crop = lay.tile_region(tile)
+                part = data[(slice(None), *where)]
+                if part.shape[1:] == lay.tile_shape:
+                    cells = np.ascontiguousarray(part)
+                else:  # an edge tile: zarr stores it whole, padding past the row's end
+                    cells = np.full((n, *lay.tile_shape), lay.fill, dtype=lay.store_dtype)
+                    cells[(slice(None), *crop)] = part
+                self._write_rows(st, start, cells, tile)
+        else:
+            self._write_rows(st, start, data, None)
+        # Writing into an encoded unit read its other rows back through the reader, which
+        # cached the unit as it was before this write: forget it again.
+        st.reader.forget()
+        st.written = max(st.written, stop)
+
+    def _write_rows(
+        self, st: _WriteState, start: int, data: np.ndarray, tile: tuple[int, ...] | None
+    ) -> None:
+        """Write rows of chunk files (of one tile of the grid, when rows are tiled)."""
+        lay = st.layout
+        unit = lay.unit_rows
+        stop = start + len(data)
+        pos = start
+        while pos < stop:
+            u = pos // unit
+            end = min(stop, (u + 1) * unit)
+            part = data[pos - start : end - start]
+            if lay.in_place:
+                self._write_in_place(st, u, pos - u * unit, part, tile)
+            else:
+                self._write_unit(st, u, pos, part, tile)
+            pos = end
+
+    def _unit_file(self, st: _WriteState, u: int, tile: tuple[int, ...] | None = None) -> Path:
+        path = st.layout.unit_path(u, tile)
+        parent = path.parent
+        if parent not in st.dirs:  # only with "/" chunk keys: c/<u>/0/0 directories
+            new = []
+            d = parent
+            while d not in st.dirs and d != st.layout.path:
+                new.append(d)
+                d = d.parent
+            with _disk_errors(parent):
+                parent.mkdir(parents=True, exist_ok=True)
+            for d in new:
+                self._touched(dirs=(d.parent,))
+                st.dirs.add(d)
+        return path
+
+    def _touched(self, files: tuple[Path, ...] = (), dirs: tuple[Path, ...] = ()) -> None:
+        """Note files to fsync and directories with new entries, for the next sync."""
+        with self._mutex:
+            self._pending.update(files)
+            self._dirty_dirs.update(dirs)
+
+    def _write_in_place(
+        self, st: _WriteState, u: int, row: int, part: np.ndarray, tile: tuple[int, ...] | None
+    ) -> None:
+        """Write rows of an uncompressed chunk at their offset in its file.
+
+        Rows already committed in that chunk are rewritten with the same bytes, so a crash
+        mid-write leaves them intact.
+        """
+        lay = st.layout
+        path = self._unit_file(st, u, tile)
+        if tile is None:
+            self._write_chunk_run(st, path, row, part)
+            return
+        with _disk_errors(path):
+            fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            full = lay.chunk_rows * lay.cell_nbytes  # zarr stores edge chunks whole
+            data = part.reshape(-1).view(np.uint8)
+            offset = row * lay.cell_nbytes
+            if row and lay.tiled and lay.fill_bytes_nonzero and os.fstat(fd).st_size == 0:
+                # A tile new to this chunk (the rows grew): its earlier rows are padding
+                # (a zero fill needs no bytes: they stay a hole, which reads as zeros).
+                data = np.concatenate(
+                    [
+                        np.full((row, *lay.tile_shape), lay.fill, lay.store_dtype)
+                        .reshape(-1)
+                        .view(np.uint8),
+                        data,
+                    ]
+                )
+                offset = 0
+            # Real blocks for these rows first: a full disk fails here, and writing into
+            # allocated space measured ~1.8x faster here than letting ext4 allocate at
+            # writeback (8 MiB files: 1.04 vs 0.57 GB/s, medians of 3). Only these rows: a
+            # store of a few rows must not take a whole chunk of disk.
+            preallocate(fd, offset, data.nbytes, path)
+            if os.fstat(fd).st_size < full:
+                # The chunk's full size, as zarr reads it; rows not written yet are a hole.
+                with _disk_errors(path):
+                    os.ftruncate(fd, full)
+            pwrite_all(fd, data, offset, path)
+        finally:
+            os.close(fd)
+        self._touched(files=(path,), dirs=(path.parent,))
+
+    def _write_chunk_run(self, st: _WriteState, path: Path, row: int, part: np.ndarray) -> None:
+        """Rows into an uncompressed chunk file of whole rows, kept open while it fills.
+
+        Its writes go on from one chunk to the next as one run, so a long one goes to the
+        disk with ``O_DIRECT`` (oocstore._direct) instead of through the page cache.
+        """
+        lay = st.layout
+        full = lay.chunk_rows * lay.cell_nbytes  # zarr stores edge chunks whole
+        data = part.reshape(-1).view(np.uint8)
+        offset = row * lay.cell_nbytes
+        if st.chunk is None or st.chunk.path != path:
+            with _disk_errors(path):
+                fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                if st.run >= DIRECT_AFTER:
+                    # A long run: the whole chunk's blocks now, not per write (fallocate
+                    # waits for the direct write in flight, which stalled every batch).
+                    preallocate(fd, offset, full - offset, path)
+                if os.fstat(fd).st_size < full:
+                    # The chunk's full size, as zarr reads it; rows not written are a hole.
+                    with _disk_errors(path):
+                        os.ftruncate(fd, full)
+            except BaseException:
+                os.close(fd)
+                raise
+            st.next_chunk(path, fd)
+        assert st.chunk is not None
+        if st.run < DIRECT_AFTER:
+            # Real blocks for these rows first (see _write_in_place): a short store takes
+            # only what it wrote.
+            preallocate(st.chunk.fd, offset, data.nbytes, path)
+        st.chunk.writer.pwrite(data, offset)
+        st.run += data.nbytes
+        self._touched(files=(path,), dirs=(path.parent,))
+
+    def _write_unit(
+        self, st: _WriteState, u: int, pos: int, part: np.ndarray, tile: tuple[int, ...] | None
+    ) -> None:
+        """Encode and write a whole chunk or shard file holding ``part`` from row ``pos``."""
+        lay = st.layout
+        unit = lay.unit_rows
+        us = u * unit
+        a, b = pos - us, pos - us + len(part)
+        valid = max(b, min(st.written - us, unit))  # rows of this unit holding data
+        path = self._unit_file(st, u, tile)
+        exists = path.exists()
+        if a == 0 and b == unit:
+            block = part
+        else:
+            # Rows of this unit outside ``part`` that were written before are kept (a commit
+            # wrote the unit partially, or a resumed writer starts inside it). A tile new to
+            # the unit (the rows grew) holds padding for them.
+            block = np.full((unit, *lay.cell_shape), lay.fill, dtype=lay.store_dtype)
+            block[a:b] = part
+            for lo, hi in ((0, a), (b, valid)):
+                if hi > lo and exists:
+                    block[lo:hi] = st.reader.read_cells(u, tile, lo, hi)
+        payload = _encode_unit(lay, block, valid)
+        if exists:
+            # The file may hold committed rows: make the old file durable (a sync running in
+            # the background may not have reached it), then replace it whole with a durable
+            # new one. Never rewritten in place: a crash would tear committed rows.
+            with _disk_errors(path):
+                fd = open_nofollow(path, os.O_RDONLY)
+                try:
+                    fsync_fd(fd, path)
+                finally:
+                    os.close(fd)
+            tmp = lay.path / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+            with _disk_errors(tmp):
+                try:
+                    atomic_write_bytes(tmp, bytes(payload))
+                    os.replace(tmp, path)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
+                    raise
+            self._touched(dirs=(path.parent,))
+        else:
+            with _disk_errors(path):
+                fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                preallocate(fd, 0, len(payload), path)
+                pwrite_all(fd, payload, 0, path)
+            finally:
+                os.close(fd)
+            self._touched(files=(path,), dirs=(path.parent,))
+
+    def _write_zarr(self, st: _WriteState, start: int, data: np.ndarray) -> None:
+        # zarr-python writes every key with fsync before its rename (_durable_local_store).
+        self._flush_meta(st)
+        if st.zarr_array is None:
+            st.zarr_array = _open_zarr(st.layout.path, read_only=False)
+        try:
+            st.zarr_array[start : start + len(data)] = data
+        except OSError:
+            raise
+        except Exception as err:
+            msg = f"zarr could not write rows {start}.. of {os.fspath(st.layout.path)!r}: {err}"
+            raise OSError(errno.EIO, msg) from err
+
+    # -- commits -------------------------------------------------------------------------------
+
+    def _flush_meta(self, st: _WriteState) -> None:
+        with self._mutex:
+            if not st.meta_dirty:
+                return
+            data = _dumps(st.layout.doc)
+            st.meta_dirty = False
+        path = st.layout.path / _ZARR_JSON
+        try:
+            with _disk_errors(path):
+                atomic_write_bytes(path, data)
+        except BaseException:
+            st.meta_dirty = True
+            raise
+
+    def sync(self, lengths: dict[str, int]) -> None:
+        # May run in the writer's commit thread while write() goes on (background_sync): the
+        # files and directories noted so far are taken at once; later ones wait for the next
+        # sync. Every row in ``lengths`` was written, and noted, before this call.
+        for name in lengths:
+            st = self._arrays[name]
+            st.drain_chunk()
+            self._flush_meta(st)
+        with self._mutex:
+            files, self._pending = self._pending, set()
+            dirs, self._dirty_dirs = self._dirty_dirs, set()
+        try:
+            for path in sorted(files):
+                try:
+                    fd = open_nofollow(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue  # removed since (its array was dropped)
+                try:
+                    fsync_fd(fd, path)
+                finally:
+                    os.close(fd)
+            # Deepest first, so a new directory's own entries are durable before its name.
+            for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(FileNotFoundError):
+                    fsync_dir(d)
+        except BaseException:
+            self._touched(tuple(files), tuple(dirs))  # still to do, should the writer go on
+            raise
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        doc = {
+            "zarr_format": 3,
+            "node_type": "group",
+            "attributes": {ATTRIBUTE: manifest.to_json()},
+        }
+        path = self.root / _ZARR_JSON
+        with _disk_errors(path):
+            atomic_write_bytes(path, _dumps(doc))
+
+    def finalize(self, lengths: dict[str, int]) -> None:
+        for name, length in lengths.items():
+            st = self._arrays[name]
+            st.close_chunk()
+            lay = st.layout
+            with self._mutex:
+                lay.doc["shape"][0] = int(length)
+                st.meta_dirty = True
+            st.zarr_array = None
+            st.written = min(st.written, length)
+            # Chunk files wholly past the end (a crashed writer's, or an over-allocation's).
+            units = -(-length // lay.unit_rows)
+            where = lay.path if lay.separator == "." else lay.path / "c"
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(where):
+                    u = lay.unit_of(entry.name)
+                    if u is not None and u >= units:
+                        if entry.is_dir(follow_symlinks=False):
+                            shutil.rmtree(entry.path)
+                        else:
+                            os.unlink(entry.path)
+                        self._touched(dirs=(where,))
+        self.sync(lengths)
+
+    def close(self) -> None:
+        for st in self._arrays.values():
+            with contextlib.suppress(OSError):
+                st.close_chunk()
+        with contextlib.suppress(OSError):
+            self._sweep_attic()
+        self._arrays.clear()
+        with self._mutex:
+            self._pending.clear()
+            self._dirty_dirs.clear()
+
+
+def _vanished_empty(path: Path, length: int) -> bool:
+    """Is array ``path`` one with no committed rows whose metadata is gone?
+
+    A writer replacing an array before its first rows were committed (a dense field turning
+    padded) and killed between removing the old one and writing the new one's metadata
+    leaves that. Nothing committed is lost, so it reads as empty and a writer recreates it.
+    """
+    return length == 0 and not (path / _ZARR_JSON).exists() and not path.is_symlink()
