@@ -36,30 +36,25 @@ beside the store too: zarr-python warns about anything in a group that is not a 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import threading
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..._direct import DIRECT_AFTER, DirectWriter
 from ..._durable import (
     atomic_write_bytes,
     fsync_dir,
     fsync_fd,
     open_nofollow,
-    preallocate,
-    pwrite_all,
 )
 from ...errors import CorruptStoreError, UnsupportedDtypeError
 from ...manifest import MAX_MANIFEST_BYTES, Manifest
 from ..base import ArrayReader, Backend, BackendOptions, RegionWriter
-from .codecs import _encode_unit
+from . import rows
 from .region import ZarrRegionWriter
 from .spec import (
     _ARRAY_DIR,
@@ -83,66 +78,8 @@ from .spec import (
     chunk_rows_for,
     shard_rows_for,
 )
-from .view import ZarrArray, _in_use, _open_zarr, _UnitReader
-
-# -- writing ------------------------------------------------------------------------------------
-
-
-@dataclass
-class _WriteState:
-    """Writer-side state of one array."""
-
-    layout: _Layout
-    reader: _UnitReader
-    written: int = 0
-    """Rows written so far (committed rows after a resume)."""
-    meta_dirty: bool = False
-    """The in-memory ``zarr.json`` (its shape) differs from the file."""
-    dirs: set[Path] = field(default_factory=set)
-    """Directories known to exist."""
-    zarr_array: Any = None
-    chunk: _OpenChunk | None = None
-    """The uncompressed chunk file being filled in place, kept open while rows go into it."""
-    run: int = 0
-    """Bytes written in place so far: a run that goes on from one chunk file to the next."""
-
-    def close_chunk(self) -> None:
-        """Put the open chunk file's rows in the file and close it."""
-        chunk, self.chunk = self.chunk, None
-        if chunk is not None:
-            try:
-                chunk.writer.close()
-            finally:
-                os.close(chunk.fd)
-
-    def next_chunk(self, path: Path, fd: int) -> None:
-        """Go on with chunk file ``path`` (open as ``fd``): the same writer, retargeted."""
-        old = self.chunk
-        if old is None:
-            after = max(DIRECT_AFTER - self.run, 0)
-            self.chunk = _OpenChunk(path, fd, DirectWriter(fd, path, after=after))
-            return
-        # self.chunk keeps the same writer meanwhile: a sync in the commit thread drains it,
-        # and retarget() has put the old file's rows in it before it moves on.
-        try:
-            old.writer.retarget(fd, path)
-        finally:
-            os.close(old.fd)
-        self.chunk = _OpenChunk(path, fd, old.writer)
-
-    def drain_chunk(self) -> None:
-        """Every row written into the open chunk file is in the file (before reading or
-        syncing it; may run in the commit thread)."""
-        chunk = self.chunk
-        if chunk is not None:
-            chunk.writer.drain()
-
-
-@dataclass
-class _OpenChunk:
-    path: Path
-    fd: int
-    writer: DirectWriter
+from .state import _WriteState
+from .view import ZarrArray, _in_use, _UnitReader
 
 
 class ZarrBackend(Backend):
@@ -536,7 +473,7 @@ class ZarrBackend(Backend):
         data = np.ascontiguousarray(values, dtype=lay.store_dtype)
         st.reader.forget()  # its decoded chunk may be one this write changes
         if not lay.native:
-            self._write_zarr(st, start, data)
+            rows.write_zarr(self, st, start, data)
         elif lay.tiled:
             for tile in lay.tiles():
                 where, crop = lay.tile_region(tile)
@@ -546,199 +483,19 @@ class ZarrBackend(Backend):
                 else:  # an edge tile: zarr stores it whole, padding past the row's end
                     cells = np.full((n, *lay.tile_shape), lay.fill, dtype=lay.store_dtype)
                     cells[(slice(None), *crop)] = part
-                self._write_rows(st, start, cells, tile)
+                rows.write_rows(self, st, start, cells, tile)
         else:
-            self._write_rows(st, start, data, None)
+            rows.write_rows(self, st, start, data, None)
         # Writing into an encoded unit read its other rows back through the reader, which
         # cached the unit as it was before this write: forget it again.
         st.reader.forget()
         st.written = max(st.written, stop)
-
-    def _write_rows(
-        self, st: _WriteState, start: int, data: np.ndarray, tile: tuple[int, ...] | None
-    ) -> None:
-        """Write rows of chunk files (of one tile of the grid, when rows are tiled)."""
-        lay = st.layout
-        unit = lay.unit_rows
-        stop = start + len(data)
-        pos = start
-        while pos < stop:
-            u = pos // unit
-            end = min(stop, (u + 1) * unit)
-            part = data[pos - start : end - start]
-            if lay.in_place:
-                self._write_in_place(st, u, pos - u * unit, part, tile)
-            else:
-                self._write_unit(st, u, pos, part, tile)
-            pos = end
-
-    def _unit_file(self, st: _WriteState, u: int, tile: tuple[int, ...] | None = None) -> Path:
-        path = st.layout.unit_path(u, tile)
-        parent = path.parent
-        if parent not in st.dirs:  # only with "/" chunk keys: c/<u>/0/0 directories
-            new = []
-            d = parent
-            while d not in st.dirs and d != st.layout.path:
-                new.append(d)
-                d = d.parent
-            with _disk_errors(parent):
-                parent.mkdir(parents=True, exist_ok=True)
-            for d in new:
-                self._touched(dirs=(d.parent,))
-                st.dirs.add(d)
-        return path
 
     def _touched(self, files: tuple[Path, ...] = (), dirs: tuple[Path, ...] = ()) -> None:
         """Note files to fsync and directories with new entries, for the next sync."""
         with self._mutex:
             self._pending.update(files)
             self._dirty_dirs.update(dirs)
-
-    def _write_in_place(
-        self, st: _WriteState, u: int, row: int, part: np.ndarray, tile: tuple[int, ...] | None
-    ) -> None:
-        """Write rows of an uncompressed chunk at their offset in its file.
-
-        Rows already committed in that chunk are rewritten with the same bytes, so a crash
-        mid-write leaves them intact.
-        """
-        lay = st.layout
-        path = self._unit_file(st, u, tile)
-        if tile is None:
-            self._write_chunk_run(st, path, row, part)
-            return
-        with _disk_errors(path):
-            fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            full = lay.chunk_rows * lay.cell_nbytes  # zarr stores edge chunks whole
-            data = part.reshape(-1).view(np.uint8)
-            offset = row * lay.cell_nbytes
-            if row and lay.tiled and lay.fill_bytes_nonzero and os.fstat(fd).st_size == 0:
-                # A tile new to this chunk (the rows grew): its earlier rows are padding
-                # (a zero fill needs no bytes: they stay a hole, which reads as zeros).
-                data = np.concatenate(
-                    [
-                        np.full((row, *lay.tile_shape), lay.fill, lay.store_dtype)
-                        .reshape(-1)
-                        .view(np.uint8),
-                        data,
-                    ]
-                )
-                offset = 0
-            # Real blocks for these rows first: a full disk fails here, and writing into
-            # allocated space measured ~1.8x faster here than letting ext4 allocate at
-            # writeback (8 MiB files: 1.04 vs 0.57 GB/s, medians of 3). Only these rows: a
-            # store of a few rows must not take a whole chunk of disk.
-            preallocate(fd, offset, data.nbytes, path)
-            if os.fstat(fd).st_size < full:
-                # The chunk's full size, as zarr reads it; rows not written yet are a hole.
-                with _disk_errors(path):
-                    os.ftruncate(fd, full)
-            pwrite_all(fd, data, offset, path)
-        finally:
-            os.close(fd)
-        self._touched(files=(path,), dirs=(path.parent,))
-
-    def _write_chunk_run(self, st: _WriteState, path: Path, row: int, part: np.ndarray) -> None:
-        """Rows into an uncompressed chunk file of whole rows, kept open while it fills.
-
-        Its writes go on from one chunk to the next as one run, so a long one goes to the
-        disk with ``O_DIRECT`` (oocstore._direct) instead of through the page cache.
-        """
-        lay = st.layout
-        full = lay.chunk_rows * lay.cell_nbytes  # zarr stores edge chunks whole
-        data = part.reshape(-1).view(np.uint8)
-        offset = row * lay.cell_nbytes
-        if st.chunk is None or st.chunk.path != path:
-            with _disk_errors(path):
-                fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT, 0o644)
-            try:
-                if st.run >= DIRECT_AFTER:
-                    # A long run: the whole chunk's blocks now, not per write (fallocate
-                    # waits for the direct write in flight, which stalled every batch).
-                    preallocate(fd, offset, full - offset, path)
-                if os.fstat(fd).st_size < full:
-                    # The chunk's full size, as zarr reads it; rows not written are a hole.
-                    with _disk_errors(path):
-                        os.ftruncate(fd, full)
-            except BaseException:
-                os.close(fd)
-                raise
-            st.next_chunk(path, fd)
-        assert st.chunk is not None
-        if st.run < DIRECT_AFTER:
-            # Real blocks for these rows first (see _write_in_place): a short store takes
-            # only what it wrote.
-            preallocate(st.chunk.fd, offset, data.nbytes, path)
-        st.chunk.writer.pwrite(data, offset)
-        st.run += data.nbytes
-        self._touched(files=(path,), dirs=(path.parent,))
-
-    def _write_unit(
-        self, st: _WriteState, u: int, pos: int, part: np.ndarray, tile: tuple[int, ...] | None
-    ) -> None:
-        """Encode and write a whole chunk or shard file holding ``part`` from row ``pos``."""
-        lay = st.layout
-        unit = lay.unit_rows
-        us = u * unit
-        a, b = pos - us, pos - us + len(part)
-        valid = max(b, min(st.written - us, unit))  # rows of this unit holding data
-        path = self._unit_file(st, u, tile)
-        exists = path.exists()
-        if a == 0 and b == unit:
-            block = part
-        else:
-            # Rows of this unit outside ``part`` that were written before are kept (a commit
-            # wrote the unit partially, or a resumed writer starts inside it). A tile new to
-            # the unit (the rows grew) holds padding for them.
-            block = np.full((unit, *lay.cell_shape), lay.fill, dtype=lay.store_dtype)
-            block[a:b] = part
-            for lo, hi in ((0, a), (b, valid)):
-                if hi > lo and exists:
-                    block[lo:hi] = st.reader.read_cells(u, tile, lo, hi)
-        payload = _encode_unit(lay, block, valid)
-        if exists:
-            # The file may hold committed rows: make the old file durable (a sync running in
-            # the background may not have reached it), then replace it whole with a durable
-            # new one. Never rewritten in place: a crash would tear committed rows.
-            with _disk_errors(path):
-                fd = open_nofollow(path, os.O_RDONLY)
-                try:
-                    fsync_fd(fd, path)
-                finally:
-                    os.close(fd)
-            tmp = lay.path / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-            with _disk_errors(tmp):
-                try:
-                    atomic_write_bytes(tmp, bytes(payload))
-                    os.replace(tmp, path)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        tmp.unlink()
-                    raise
-            self._touched(dirs=(path.parent,))
-        else:
-            with _disk_errors(path):
-                fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                preallocate(fd, 0, len(payload), path)
-                pwrite_all(fd, payload, 0, path)
-            finally:
-                os.close(fd)
-            self._touched(files=(path,), dirs=(path.parent,))
-
-    def _write_zarr(self, st: _WriteState, start: int, data: np.ndarray) -> None:
-        # zarr-python writes every key with fsync before its rename (_durable_local_store).
-        self._flush_meta(st)
-        if st.zarr_array is None:
-            st.zarr_array = _open_zarr(st.layout.path, read_only=False)
-        try:
-            st.zarr_array[start : start + len(data)] = data
-        except OSError:
-            raise
-        except Exception as err:
-            msg = f"zarr could not write rows {start}.. of {os.fspath(st.layout.path)!r}: {err}"
-            raise OSError(errno.EIO, msg) from err
 
     # -- commits -------------------------------------------------------------------------------
 
