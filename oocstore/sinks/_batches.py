@@ -36,7 +36,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._order import EpochOrder, ShuffleLike, _is_packed, as_batch_size, block_rows_for
+from ._order import (
+    EpochOrder,
+    Resumable,
+    ShuffleLike,
+    _is_packed,
+    as_batch_size,
+    block_rows_for,
+)
 from ._order import _Plan as _Plan  # re-exported: tests and older imports name it here
 
 if TYPE_CHECKING:
@@ -51,7 +58,7 @@ WINDOW = 16
 """Blocks whose rows are shuffled together (the memory held while shuffling: one window)."""
 
 
-class Batches:
+class Batches(Resumable):
     """A re-iterable of NumPy batches over a store: a tuple of arrays per batch, in field order.
 
     ``len()`` is the number of batches; each ``iter()`` is a new epoch. Without shuffling the
@@ -149,22 +156,8 @@ class Batches:
 
     # -- resuming ----------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        """Where iteration stands: the next batch to give and the settings of the order."""
-        return self.order.state(*self._at)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Make the next ``iter()`` give the rest of the saved epoch, in the same order.
-
-        Raises
-        ------
-        StateDictError
-            If ``state`` comes from another store (length, fields) or other settings (seed,
-            batch_size, shuffle, world_size...).
-        """
-        epoch, batch = self.order.resume(state)
-        self._next = self._at = (epoch, batch)
-        self.epoch = epoch
+    def _resumed(self, epoch: int) -> None:
+        self.epoch = epoch  # Keras indexing reads the epoch being resumed
 
     # -- iteration: a new epoch each time ----------------------------------------------------
 

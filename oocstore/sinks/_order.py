@@ -41,7 +41,14 @@ import numpy as np
 
 from ..errors import SamplingError, StateDictError
 
-__all__ = ["STATE_FORMAT", "EpochOrder", "ShuffleLike", "as_batch_size", "resolve_shard"]
+__all__ = [
+    "STATE_FORMAT",
+    "EpochOrder",
+    "Resumable",
+    "ShuffleLike",
+    "as_batch_size",
+    "resolve_shard",
+]
 
 ShuffleLike = bool | Literal["block", "sample"]
 """``False`` (in order), ``True`` (chosen from memory), ``"block"`` or ``"sample"``."""
@@ -405,6 +412,35 @@ class EpochOrder:
 def block_rows_for(row_bytes: int, block_bytes: int) -> int:
     """Rows per block of about ``block_bytes``."""
     return max(math.ceil(block_bytes / max(row_bytes, 1)), 1)
+
+
+class Resumable:
+    """``state_dict``/``load_state_dict`` of an iterable of epochs over an :class:`EpochOrder`:
+    its position is ``(epoch, next batch)``, where the last batch given left off."""
+
+    order: EpochOrder
+    _next: tuple[int, int]  # (epoch, batch) the next iter() starts at
+    _at: tuple[int, int]  # (epoch, batch) of the next batch to give
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where iteration stands: the next batch to give and the settings of the order."""
+        return self.order.state(*self._at)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next ``iter()`` give the rest of the saved epoch, in the same order.
+
+        Raises
+        ------
+        StateDictError
+            If ``state`` comes from another store (length, fields) or other settings (seed,
+            batch_size, shuffle, world_size...).
+        """
+        epoch, batch = self.order.resume(state)
+        self._next = self._at = (epoch, batch)
+        self._resumed(epoch)
+
+    def _resumed(self, epoch: int) -> None:
+        """After :meth:`load_state_dict`: what else follows the epoch (nothing by default)."""
 
 
 class _Plan:

@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_
 from ..errors import SamplingError
 from ..ragged import region
 from ._batches import BLOCK_BYTES, WINDOW, _take, sorted_unique
-from ._order import EpochOrder, ShuffleLike, block_rows_for
+from ._order import EpochOrder, Resumable, ShuffleLike, block_rows_for
 
 if TYPE_CHECKING:
     from ..reader import Store
@@ -409,7 +409,7 @@ class StoreBatchSampler(Sampler[list[int]]):
             yield self.order.batch_rows(epoch, k).tolist()
 
 
-class StoreLoader(DataLoader[Any]):
+class StoreLoader(DataLoader[Any], Resumable):
     """A ``DataLoader`` over a store, as [`loader`][oocstore.sinks.torch.loader] makes it.
 
     Each ``iter()`` is a new epoch (or the rest of the one ``load_state_dict`` names);
@@ -433,22 +433,6 @@ class StoreLoader(DataLoader[Any]):
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter()`` give epoch ``epoch`` from its start."""
         self._next = self._at = (int(epoch), 0)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Where iteration stands: the next batch to give and the settings of the order."""
-        return self.order.state(*self._at)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Make the next ``iter()`` give the rest of the saved epoch, in the same order.
-
-        Raises
-        ------
-        StateDictError
-            If ``state`` comes from another store (length, fields) or other settings (seed,
-            batch_size, shuffle, world_size...).
-        """
-        epoch, batch = self.order.resume(state)
-        self._next = self._at = (epoch, batch)
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # a generator, not torch's
         epoch, start = self._next
