@@ -43,6 +43,15 @@ def _imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
         stack.extend(ast.iter_child_nodes(node))
 
 
+def _resolve(package: str, node: ast.ImportFrom) -> str:
+    """The absolute module name ``from ... import`` names, in ``package``."""
+    if not node.level:
+        return node.module or ""
+    anchor = package.split(".")
+    anchor = anchor[: len(anchor) - node.level + 1]
+    return ".".join([*anchor, *([node.module] if node.module else [])])
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the oocstore modules it imports (a name of a submodule counts as it).
 
@@ -57,11 +66,7 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".")
-                    anchor = anchor[: len(anchor) - node.level + 1]
-                    base = ".".join([*anchor, *([base] if base else [])])
+                base = _resolve(package, node)
                 subs = [f"{base}.{alias.name}" for alias in node.names]
                 # Names that are not submodules come from the package's __init__.
                 targets = subs + ([base] if any(t not in modules for t in subs) else [])
@@ -197,9 +202,7 @@ def test_every_relative_import_names_a_module_that_exists() -> None:
         for node in _imports(ast.parse(path.read_text(), filename=str(path))):
             if not isinstance(node, ast.ImportFrom) or not node.level:
                 continue
-            anchor = package.split(".")
-            anchor = anchor[: len(anchor) - node.level + 1]
-            base = ".".join([*anchor, *([node.module] if node.module else [])])
+            base = _resolve(package, node)
             if base not in modules:
                 wrong.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {base}")
     assert not wrong, "relative imports of modules that do not exist:\n" + "\n".join(wrong)
