@@ -43,7 +43,7 @@ from .ingest import ingest_images
 from .reader import Damage, PackedArray, Store
 from .schema import FieldSpec, Schema
 from .sources._zip import zip_streams
-from .writer import Writer
+from .writer import WriteOptions, Writer
 
 __version__ = "0.1.0"
 
@@ -81,6 +81,7 @@ __all__ = [
     "UnsupportedDtypeError",
     "UnsupportedStorageError",
     "WorkerFailedError",
+    "WriteOptions",
     "Writer",
     "WriterClosedError",
     "__version__",

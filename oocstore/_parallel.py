@@ -20,7 +20,7 @@ import math
 import multiprocessing
 import os
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ from .errors import EmptySourceError, RaggedError, WorkerFailedError
 from .schema import Casting, Schema
 
 if TYPE_CHECKING:
-    from .writer import Writer
+    from .writer import WriteOptions, Writer
 
 __all__ = ["MAX_REGIONS", "Region", "RegionLedger", "alignment", "region_rows", "write_indexable"]
 
@@ -185,13 +185,7 @@ def _context() -> Any:
 
 
 def write_indexable(
-    source: Any,
-    path: str | os.PathLike[str],
-    *,
-    workers: int,
-    names: Sequence[str] | None = None,
-    casting: Casting = "safe",
-    **writer_options: Any,
+    source: Any, path: str | os.PathLike[str], options: WriteOptions, *, workers: int
 ) -> None:
     """Write ``source[0] ... source[len(source) - 1]`` (one sample each) with ``workers``
     processes filling disjoint regions; see :func:`oocstore.write`."""
@@ -220,9 +214,10 @@ def write_indexable(
             f"cannot be pickled ({err}); define it at module level, or pass workers=1"
         )
         raise TypeError(msg) from err
-    first = split_batch(source[0], names=names, batched=False, batch_index=0)
+    first = split_batch(source[0], names=options.names, batched=False, batch_index=0)
     empty = {k: np.asarray(v)[:0] for k, v in first.fields.items()}
-    writer = Writer(path, names=list(first.fields), length=n, casting=casting, **writer_options)
+    writer = Writer(path, options.with_(names=list(first.fields), length=n, batched=True))
+    casting = options.casting
     with writer:
         writer.append(empty)  # the schema, and every array preallocated for n rows
         writer.skip = 0

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Unpack
 
 from .convert import copy_store
 from .reader import (
     Store,
     open,
 )
-from .schema import Casting
-from .sizing import MemoryLike
 from .sources import as_stream
 from .sources._prefetch import prefetch
-from .writer import PathLike, RaggedMode, ShapeLike, Writer
+from .writer import PathLike, WriteKwargs, WriteOptions, Writer
 
 __all__ = ["convert", "open", "write"]
 
@@ -62,35 +60,17 @@ def convert(
 def write(
     source: Any,
     path: PathLike,
+    options: WriteOptions | None = None,
+    /,
     *,
-    length: int | None = None,
-    names: Sequence[str] | None = None,
-    batched: bool | None = None,
-    backend: str | None = None,
-    overwrite: bool = False,
-    resume: bool = False,
-    memory: MemoryLike = None,
-    progress: bool | None = None,
-    ragged: RaggedMode = "pad",
-    fill: Any = 0,
-    max_shape: Mapping[str, ShapeLike] | None = None,
-    padding_warning: float | None = 4.0,
-    casting: Casting = "safe",
-    chunks: Mapping[str, int] | int | None = None,
-    compressors: Any = None,
-    shards: Mapping[str, int] | int | bool | None = None,
-    commit_bytes: int | None = None,
-    commit_seconds: float = 30.0,
-    attrs: Mapping[str, Any] | None = None,
     workers: int | None = None,
-    storage_options: Mapping[str, Any] | None = None,
+    **changes: Unpack[WriteKwargs],
 ) -> Store:
     """Stream every batch of ``source`` into a store at ``path`` and open it.
 
     ``source`` is any iterable of batches (a generator, a list, a DataLoader...), or an array
     (or a tuple/dict of arrays) that is sliced into batches. The length is taken from
-    ``length=`` or from the source when it tells; otherwise files grow as needed. The other
-    parameters are those of [`Writer`][oocstore.Writer].
+    ``length=`` or from the source when it tells; otherwise files grow as needed.
 
     A ``dask.array.Array`` (or a tuple/dict of them, aligned on axis 0) is written by Dask's
     own workers, each task filling its own chunk-aligned rows (see ``docs/dask.md``).
@@ -103,24 +83,22 @@ def write(
         blocks of about 64 MB.
     path
         Where the store goes; the backend follows the suffix (``.zarr``, ``.h5``/``.hdf5``,
-        anything else is npy) unless ``backend=`` names one.
-    length
-        Expected number of samples (default: from the source, when it tells): files are
-        preallocated for it.
-    names
-        Field names for array or tuple batches (default ``"0"``, ``"1"``, ...).
-    batched
-        None (default): the source decides; framework sources say which they hold, and any
-        other iterable holds batches. True: each item of ``source`` is a batch (axis 0 =
-        samples), even a ``tf.data`` element the pipeline does not mark as one. False: each
-        item is one sample.
+        anything else is npy) unless ``backend=`` names one. An fsspec URL
+        (``memory://``, ``s3://``...) makes a Zarr store there.
+    options
+        A [`WriteOptions`][oocstore.WriteOptions]; keywords given beside it replace its
+        fields.
     workers
         With ``workers=N`` (N > 1), an indexable source (``len()`` and ``source[i]`` giving
         one sample: a map-style Dataset, a list of samples) is read by N worker processes,
         each filling its own rows; the source must pickle. ``workers=1`` writes the same
         source in this process.
-    storage_options
-        For a Zarr store at an fsspec URL: passed to the fsspec filesystem.
+    **changes
+        Any field of [`WriteOptions`][oocstore.WriteOptions]: ``names``, ``length``,
+        ``batched``, ``backend``, ``overwrite``, ``resume``, ``memory``, ``progress``,
+        ``ragged``, ``fill``, ``max_shape``, ``padding_warning``, ``casting``, ``chunks``,
+        ``compressors``, ``shards``, ``commit_bytes``, ``commit_seconds``, ``attrs``,
+        ``storage_options`` (each documented there).
 
     Returns
     -------
@@ -135,29 +113,19 @@ def write(
         If a batch does not match the first (the store keeps what came before it, incomplete).
     StoreExistsError
         If a store exists at ``path`` and neither ``overwrite`` nor ``resume`` is set.
+    TypeError
+        If a keyword is not an option.
     """
-    common: dict[str, Any] = {
-        "backend": backend,
-        "overwrite": overwrite,
-        "resume": resume,
-        "memory": memory,
-        "progress": progress,
-        "chunks": chunks,
-        "compressors": compressors,
-        "shards": shards,
-        "commit_bytes": commit_bytes,
-        "commit_seconds": commit_seconds,
-        "attrs": attrs,
-        "storage_options": storage_options,
-    }
+    opts = (options if options is not None else WriteOptions()).with_(**changes)
+    storage_options = opts.storage_options
     # Options the region writers (Dask, workers=N) do not take: refused, never ignored.
     unused = {
-        "length": length is not None,
-        "batched": batched is not None,
-        "ragged": ragged != "pad",
-        "fill": not (isinstance(fill, (int, float)) and fill == 0),
-        "max_shape": max_shape is not None,
-        "padding_warning": padding_warning != 4.0,
+        "length": opts.length is not None,
+        "batched": opts.batched is not None,
+        "ragged": opts.ragged != "pad",
+        "fill": not (isinstance(opts.fill, (int, float)) and opts.fill == 0),
+        "max_shape": opts.max_shape is not None,
+        "padding_warning": opts.padding_warning != 4.0,
     }
     if "dask" in sys.modules:  # a Dask array can only exist once dask is imported
         from .sources.dask import is_dask_source  # dask is imported: cheap
@@ -169,41 +137,19 @@ def write(
             _refuse_options(unused, "a Dask array (its chunks give the length and shapes)")
             from .sources.dask import write_dask
 
-            write_dask(source, path, names=names, casting=casting, **common)
+            write_dask(source, path, opts)
             return open(path, storage_options=storage_options)
     if workers is not None and workers != 1:
         _refuse_options(unused, f"workers={workers} (len(source) gives the length)")
         from ._parallel import write_indexable  # process pools: imported when asked for
 
-        write_indexable(source, path, workers=workers, names=names, casting=casting, **common)
+        write_indexable(source, path, opts, workers=workers)
         return open(path, storage_options=storage_options)
-    if workers == 1:
-        batched = False  # workers= means an indexable source of samples, whatever N is
-    stream = as_stream(source, batched=batched)
-    writer = Writer(
-        path,
-        names=names,
-        length=length if length is not None else stream.length,
-        backend=backend,
-        batched=stream.batched,
-        overwrite=overwrite,
-        resume=resume,
-        memory=memory,
-        progress=progress,
-        ragged=ragged,
-        fill=fill,
-        max_shape=max_shape,
-        padding_warning=padding_warning,
-        casting=casting,
-        chunks=chunks,
-        compressors=compressors,
-        shards=shards,
-        commit_bytes=commit_bytes,
-        commit_seconds=commit_seconds,
-        attrs=attrs,
-        storage_options=storage_options,
-    )
-    writer.n_batches_hint = stream.n_batches if length is None else None
+    stream = as_stream(source, batched=False if workers == 1 else opts.batched)
+    # workers=1 means an indexable source of samples, whatever N is
+    length = opts.length if opts.length is not None else stream.length
+    writer = Writer(path, opts.with_(length=length, batched=stream.batched))
+    writer.n_batches_hint = stream.n_batches if opts.length is None else None
     # The source makes its next batches while the writer writes this one (a bounded queue).
     batches = prefetch(stream.batches, max_bytes=writer.budget // 8)
     try:

@@ -209,7 +209,7 @@ class CommitRecordTooLargeError(OocstoreError, ValueError):
             msg += ": the manifest itself (attrs, fields) takes the room; "
         msg += (
             f"create the store with a userblock of {min_userblock:,} bytes or more "
-            "(Hdf5Backend option extra['userblock']). Earlier commits stay intact"
+            "(the Hdf5Options.userblock option). Earlier commits stay intact"
         )
         super().__init__(msg)
 

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
-from ._url import is_url
-from .backends import backend_class, detect_backend
+from .backends import open_store
 from .backends.base import ArrayReader
 from .checksum import Damage, verify_spans
 from .errors import CorruptStoreError
@@ -139,16 +138,22 @@ class Store:
     def __init__(
         self, path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
     ) -> None:
+        self._handle = open_store(path, storage_options)
+        self.location = self._handle.location
+        """Where the store is: its path, or the URL it was opened from."""
         self.path = Path(path)
-        self.url: str | None = str(path) if is_url(path) else None
+        self.url = self._handle.url
         """The fsspec URL of a store opened from one (``self.path`` is then meaningless)."""
         self.storage_options = dict(storage_options or {})
-        self.backend = "zarr" if self.url is not None else detect_backend(self.path)
-        self._cls = backend_class(self.backend)
         self._manifest: Manifest
         self._opened: dict[str, ArrayReader] | None
         self._packed: dict[str, PackedArray] = {}
         self._manifest, self._opened = self._open_arrays(self._read_manifest())
+
+    @property
+    def backend(self) -> str:
+        """The backend's name (``npy``, ``zarr`` or ``hdf5``), as the manifest says."""
+        return self._manifest.backend
 
     @property
     def _arrays(self) -> dict[str, ArrayReader]:
@@ -159,24 +164,11 @@ class Store:
             self._opened = opened
         return opened
 
-    @property
-    def location(self) -> str:
-        """Where the store is: its path, or the URL it was opened from."""
-        return self.url if self.url is not None else os.fspath(self.path)
-
     def _read_manifest(self) -> Manifest:
-        if self.url is not None:
-            from .backends.zarr_fsspec import read_url_manifest
-
-            return read_url_manifest(self.url, self.storage_options)
-        return self._cls.read_manifest(self.path)
+        return self._handle.read_manifest()
 
     def _open_manifest_arrays(self, manifest: Manifest) -> dict[str, ArrayReader]:
-        if self.url is not None:
-            from .backends.zarr_fsspec import open_url_arrays
-
-            return open_url_arrays(self.url, manifest, self.storage_options)
-        return self._cls.open_arrays(self.path, manifest)
+        return self._handle.open_arrays(manifest)
 
     def _open_arrays(self, manifest: Manifest) -> tuple[Manifest, dict[str, ArrayReader]]:
         """Open ``manifest``'s arrays; if a writer commits meanwhile, open the newer commit.
@@ -304,13 +296,13 @@ class Store:
 
     def chunk_rows(self, name: str) -> int | None:
         """Rows per chunk of physical array ``name`` on disk; None when it is not chunked."""
-        return self._cls.stored_chunk_rows(self._manifest, name, self.physical_array(name))
+        return self._handle.chunk_rows(self._manifest, name, self.physical_array(name))
 
     def array_file(self, name: str) -> Path | None:
         """The one local file holding physical array ``name``'s bytes (npy: its ``.npy``;
         HDF5: the store's file); None for arrays of many files or a store at a URL."""
         self.physical_array(name)  # KeyError naming the arrays there are
-        return None if self.url is not None else self._cls.array_file(self.path, name)
+        return self._handle.array_file(name)
 
     def sample(self, field: str, index: int) -> np.ndarray:
         """Sample ``index`` of ``field`` with its true shape (padding cut off)."""
@@ -553,9 +545,7 @@ class Store:
         self.close()
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        if self.url is not None:
-            return (_open_url, (self.url, self.storage_options))
-        return (open, (os.fspath(self.path),))
+        return (_reopen, (self.location, self.storage_options))
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "incomplete"
@@ -567,8 +557,8 @@ class Store:
         return f"<oocstore.Store {where} {len(self)} samples {state} ({fields})>"
 
 
-def _open_url(url: str, storage_options: dict[str, Any]) -> Store:
-    return Store(url, storage_options=storage_options)
+def _reopen(location: str, storage_options: dict[str, Any]) -> Store:
+    return Store(location, storage_options=storage_options)
 
 
 def open(

@@ -10,7 +10,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import h5py
 import numpy as np
@@ -18,8 +18,8 @@ import pytest
 import zarr
 
 from oocstore.backends import backend_class
-from oocstore.backends.base import Backend, BackendOptions
-from oocstore.manifest import Manifest
+from oocstore.backends.base import Backend, BackendOptions, StoreHandle
+from oocstore.backends.zarr.spec import ZarrOptions
 
 from .backend_contract import BackendTests
 
@@ -113,7 +113,7 @@ class TestHdf5Backend(LocalRoots, BackendTests):
     def raw_rows(self, root: Path, name: str) -> np.ndarray:
         # The committed length lives in oocstore's commit record (the userblock), which
         # h5py does not read; the rows themselves are read by h5py.
-        n = backend_class("hdf5").read_manifest(root).arrays[name].length
+        n = backend_class("hdf5").open(root).read_manifest().arrays[name].length
         with h5py.File(root, "r") as f:
             return np.asarray(f[name][:n])
 
@@ -137,7 +137,7 @@ class TestZarrEncodedBackend(TestZarrBackend):
     }
 
     def options(self, root: Path) -> BackendOptions:
-        return BackendOptions(chunks=4, compressors="auto", extra={"shards": 8})
+        return ZarrOptions(chunks=4, compressors="auto", shards=8)
 
 
 try:
@@ -145,32 +145,11 @@ try:
 except ImportError:  # the dask extra
     fsspec = None
 
-_NO_LOCK = "a store at a URL has no lock (NoLock): lock_path names a local file"
-
 
 @pytest.mark.skipif(fsspec is None, reason="fsspec is not installed (pip install 'oocstore[dask]')")
 class TestFsspecZarrBackend(BackendTests):
     """Zarr over fsspec ``memory://``: the contract's reads go through the URL readers
-    (``read_url_manifest``, ``open_url_arrays``), as ``oocstore.open`` of a URL does."""
-
-    known_failures: ClassVar[dict[str, pytest.MarkDecorator]] = {
-        "test_class_methods_read": pytest.mark.xfail(
-            strict=True,
-            raises=NotImplementedError,
-            reason="read_manifest/open_arrays take local paths; URLs are read by "
-            "read_url_manifest/open_url_arrays",
-        ),
-        "test_holds_store": pytest.mark.xfail(
-            strict=True,
-            raises=AssertionError,
-            reason="holds_store takes a local path and is always False; URLs: holds_url_store()",
-        ),
-        "test_lock_path": pytest.mark.xfail(strict=True, raises=OSError, reason=_NO_LOCK),
-        "test_unfinished_files": pytest.mark.xfail(strict=True, raises=OSError, reason=_NO_LOCK),
-        "test_unfinished_files_refuses_foreign_files": pytest.mark.xfail(
-            strict=True, raises=OSError, reason=_NO_LOCK
-        ),
-    }
+    (``FsspecZarrBackend.open(url)``), as ``oocstore.open`` of a URL does."""
 
     @pytest.fixture
     def backend_name(self) -> str:
@@ -199,19 +178,15 @@ class TestFsspecZarrBackend(BackendTests):
         return f"memory:/{root}"
 
     def options(self, root: Path) -> BackendOptions:
-        return BackendOptions(chunks=4, extra={"url": self.url(root), "storage_options": {}})
+        return ZarrOptions(chunks=4)
 
-    def read_manifest(self, backend_cls: type[Backend], root: Path) -> Manifest:
-        from oocstore.backends.zarr_fsspec import read_url_manifest
+    def new_backend(self, backend_cls: type[Backend], root: Path) -> Backend:
+        from oocstore.backends.zarr_fsspec import FsspecZarrBackend
 
-        return read_url_manifest(self.url(root))
+        return FsspecZarrBackend(self.url(root), self.options(root), {})
 
-    def open_arrays(
-        self, backend_cls: type[Backend], root: Path, manifest: Manifest
-    ) -> dict[str, Any]:
-        from oocstore.backends.zarr_fsspec import open_url_arrays
-
-        return dict(open_url_arrays(self.url(root), manifest))
+    def handle(self, backend_cls: type[Backend], root: Path) -> StoreHandle:
+        return backend_cls.open(self.url(root))  # type: ignore[arg-type]
 
     def files_left(self, root: Path) -> list[str]:
         fs = fsspec.filesystem("memory")

@@ -28,6 +28,7 @@ from oocstore.backends.zarr import (
     ZarrBackend,
     chunk_rows_for,
 )
+from oocstore.backends.zarr.spec import ZarrOptions
 from oocstore.manifest import ArraySpec, Manifest
 from oocstore.schema import FieldSpec, Schema
 
@@ -264,7 +265,7 @@ def drive(path: Path, options: BackendOptions, arrays: dict[str, np.ndarray], st
 def test_sharded_arrays_read_by_zarr(tmp_path: Path, compressors: Any, shards: Any) -> None:
     path = tmp_path / "s.zarr"
     x = images(101)
-    options = BackendOptions(chunks=4, compressors=compressors, extra={"shards": shards})
+    options = ZarrOptions(chunks=4, compressors=compressors, shards=shards)
     drive(path, options, {"img": x}, step=9)
     meta = json.loads((path / "img" / "zarr.json").read_text())
     assert meta["codecs"][0]["name"] == "sharding_indexed"

@@ -142,7 +142,7 @@ def verify(store, start, stop):
 
 def stale(store):
     # A view of an older commit, of a backend that reads its files lazily.
-    latest = backend_class(store.backend).read_manifest(store.path)
+    latest = backend_class(store.backend).open(store.path).read_manifest()
     lazy = not backend_class(store.backend).zero_copy
     return lazy and latest.to_json() != store.manifest.to_json()
 
@@ -372,17 +372,17 @@ def test_open_races_a_commit_that_deletes_files(
     (a field turning ragged; the packed arrays dropped on close; a resumed writer extending a
     complete store) opens the newer commit instead of calling the store corrupt, both in
     open() and in refresh()."""
-    cls = backend_class(backend_for_path(store_path))
-    read_manifest = cls.read_manifest
+    handle_cls = type(backend_class(backend_for_path(store_path)).open(store_path))
+    read_manifest = handle_cls.read_manifest
     after_read: list[Any] = []
 
-    def read_then_write(root: Path) -> Any:
-        manifest = read_manifest(root)
+    def read_then_write(self: Any) -> Any:
+        manifest = read_manifest(self)
         while after_read:  # the writer moves on between the reader's two steps
             after_read.pop(0)()
         return manifest
 
-    monkeypatch.setattr(cls, "read_manifest", staticmethod(read_then_write))
+    monkeypatch.setattr(handle_cls, "read_manifest", read_then_write)
     images = [np.full((4, 4), i, dtype=np.uint8) for i in range(10)]
     images += [np.full((5, 3), 10, dtype=np.uint8), np.full((2, 6), 11, dtype=np.uint8)]
     w = oocstore.Writer(store_path, names=("img", "label"), commit_seconds=3600.0)

@@ -225,3 +225,18 @@ def test_reader_and_sinks_never_compare_backend_names() -> None:
                 if names & set(consts):
                     wrong.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert not wrong, "backend names compared outside the backends: " + ", ".join(wrong)
+
+
+def test_only_the_backends_tell_urls_from_paths() -> None:
+    """Where a store lives (a local path or a URL) is the backends' business: the reader, the
+    writer, the sinks and the rest ask a backend or a handle what they may do there."""
+    wrong = []
+    for name, path in _modules().items():
+        if name.startswith("oocstore.backends") or name == "oocstore._url":
+            continue
+        for node in _imports(ast.parse(path.read_text(), filename=str(path))):
+            names = [a.name for a in node.names]
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            if (module or "").endswith("_url") or "oocstore._url" in names:
+                wrong.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not wrong, "modules outside the backends that test for URLs: " + ", ".join(wrong)

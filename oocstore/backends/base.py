@@ -10,17 +10,19 @@ from __future__ import annotations
 import os
 import shutil
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 
 from .._durable import fsync_fd, open_nofollow
+from .._lock import NoLock, StoreLock
 from ..manifest import Manifest
 from ..sizing import BLOCK_BYTES
 
-__all__ = ["ArrayReader", "Backend", "BackendOptions", "RegionWriter"]
+__all__ = ["ArrayReader", "Backend", "BackendOptions", "RegionWriter", "StoreHandle"]
 
 
 class ArrayReader(Protocol):
@@ -36,14 +38,74 @@ class ArrayReader(Protocol):
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """Backend-specific write options; each backend reads the ones it knows."""
+    """Write options every backend takes; a backend with more has a subclass
+    (:attr:`Backend.options_class`), and ignores the ones it has no use for."""
 
-    chunks: dict[str, int] | int | None = None
+    chunks: Mapping[str, int] | int | None = None
     """Rows per chunk along axis 0 (chunked backends), per array or for all."""
     compressors: Any = None
     """Passed to the chunked backends' compressors (None: the backend's default)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Anything else a backend documents."""
+    length: int | None = None
+    """The declared number of samples, when known: arrays of exactly that many rows may be
+    laid out for it (HDF5: contiguous; Zarr: chunks sized to it)."""
+
+    @classmethod
+    def pick(cls, **given: Any) -> Self:
+        """These options from ``given``, keeping only the names this class declares."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in given.items() if k in names})
+
+
+class StoreHandle(ABC):
+    """A store opened for reading: its manifest, its arrays and where their bytes are.
+
+    What one open learns about the files (which commit slot, which file it was) stays here,
+    never in the manifest. Reading again (``refresh``) asks the same handle.
+    """
+
+    location: str
+    """The store's path or URL, as given (for messages and pickling)."""
+    url: str | None = None
+    """The fsspec URL of a store opened from one; None for a local path."""
+
+    @abstractmethod
+    def read_manifest(self) -> Manifest:
+        """Read and validate the newest committed manifest; CorruptStoreError if damaged."""
+
+    @abstractmethod
+    def open_arrays(self, manifest: Manifest) -> dict[str, ArrayReader]:
+        """Open every physical array ``manifest`` names, read-only, cut to its committed rows."""
+
+    def chunk_rows(self, manifest: Manifest, name: str, array: ArrayReader) -> int | None:
+        """Rows per chunk of committed array ``name`` on disk (``array`` is its open reader);
+        None when it is not chunked."""
+        chunks = getattr(array, "chunks", None)
+        return int(chunks[0]) if isinstance(chunks, tuple) and chunks else None
+
+    def array_file(self, name: str) -> Path | None:
+        """The one local file holding physical array ``name``'s bytes, where there is one (a
+        reader may map it privately); None where an array is many files or not a file."""
+        return None
+
+    def identity(self) -> tuple[int, int]:
+        """What tells this store from another later made at the same location (device and
+        inode of a local store; ``(0, 0)`` where there is no such thing)."""
+        return (0, 0)
+
+    def close(self) -> None:  # noqa: B027 -- optional: most handles hold no resources
+        """Release what the handle holds; arrays already opened stay valid."""
+
+
+class LocalHandle(StoreHandle):
+    """A handle of a store at a local path."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.location = os.fspath(root)
+
+    def identity(self) -> tuple[int, int]:
+        st = os.stat(self.root)
+        return (st.st_dev, st.st_ino)
 
 
 class RegionWriter(ABC):
@@ -110,9 +172,19 @@ class Backend(ABC):
     """Can a padded array's rows grow along trailing axes in place (:meth:`grow_rows`)? Else
     a ragged field is staged packed and laid out padded at close (one extra pass)."""
 
+    options_class: ClassVar[type[BackendOptions]] = BackendOptions
+    """The write options this backend takes."""
+    local: ClassVar[bool] = True
+    """Is the store at a local path (flock, fsync, free-space checks), not at a URL?"""
+
     def __init__(self, root: Path, options: BackendOptions | None = None) -> None:
         self.root = root
-        self.options = options or BackendOptions()
+        given = options or self.options_class()
+        if not isinstance(given, self.options_class):  # options of another backend
+            given = self.options_class.pick(
+                **{f.name: getattr(given, f.name) for f in fields(given)}
+            )
+        self.options = given
 
     # -- reading (class methods: no writer state) -------------------------------------------
 
@@ -123,13 +195,14 @@ class Backend(ABC):
 
     @classmethod
     @abstractmethod
-    def read_manifest(cls, root: Path) -> Manifest:
-        """Read and validate the store's manifest; CorruptStoreError if it is damaged."""
+    def open(cls, root: Path, storage_options: Mapping[str, Any] | None = None) -> StoreHandle:
+        """Open the store at ``root`` for reading (CorruptStoreError comes from the handle's
+        first read, not from here); ``storage_options`` are for stores at URLs."""
 
     @classmethod
-    @abstractmethod
-    def open_arrays(cls, root: Path, manifest: Manifest) -> dict[str, ArrayReader]:
-        """Open every physical array, read-only, cut to its committed rows."""
+    def supports_dtype(cls, dtype: np.dtype[Any]) -> bool:
+        """Whether arrays of ``dtype`` can be stored (others raise UnsupportedDtypeError)."""
+        return True
 
     @classmethod
     def lock_path(cls, root: Path) -> Path:
@@ -143,12 +216,6 @@ class Backend(ABC):
         return None
 
     @classmethod
-    def stored_chunk_rows(cls, manifest: Manifest, name: str, array: ArrayReader) -> int | None:
-        """Rows per chunk of committed array ``name`` on disk (``array`` is its open reader);
-        None when it is not chunked."""
-        return None
-
-    @classmethod
     def unfinished_files(cls, root: Path) -> list[Path] | None:
         """The files a writer killed before its first commit left at ``root`` (no manifest).
 
@@ -156,6 +223,28 @@ class Backend(ABC):
         only then may a new writer delete them. This default recognises nothing.
         """
         return None
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages: its path (or URL)."""
+        return os.fspath(self.root)
+
+    def exists(self) -> bool:
+        """Is anything at the store's location (a store or not)?"""
+        return self.root.exists() or self.root.is_symlink()
+
+    def has_store(self) -> bool:
+        """Is a committed store of this backend at the location?"""
+        return type(self).holds_store(self.root)
+
+    def lock(self) -> StoreLock | NoLock:
+        """The single-writer lock of the store (see :meth:`lock_path`)."""
+        return StoreLock(self.lock_path(self.root), self.root)
+
+    def handle(self) -> StoreHandle:
+        """A read handle of the store this instance writes (a resuming writer reads its
+        last commit through it)."""
+        return type(self).open(self.root)
 
     # -- writing -----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,7 +29,15 @@ from .._durable import (
 from .._npyheader import DATA_OFFSET, build_header, parse_header
 from ..errors import CorruptStoreError
 from ..manifest import ArraySpec, Manifest
-from .base import ArrayReader, Backend, BackendOptions, FileRegionWriter, RegionWriter
+from .base import (
+    ArrayReader,
+    Backend,
+    BackendOptions,
+    FileRegionWriter,
+    LocalHandle,
+    RegionWriter,
+    StoreHandle,
+)
 
 __all__ = ["MANIFEST_NAME", "NpyBackend", "NpyRegionWriter"]
 
@@ -75,6 +84,10 @@ class NpyBackend(Backend):
         return root / f"{name}.npy"
 
     @classmethod
+    def open(cls, root: Path, storage_options: Mapping[str, Any] | None = None) -> StoreHandle:
+        return NpyHandle(root)
+
+    @classmethod
     def unfinished_files(cls, root: Path) -> list[Path] | None:
         if root.is_symlink() or not root.is_dir() or not cls.lock_path(root).is_file():
             return None
@@ -90,45 +103,6 @@ class NpyBackend(Backend):
                     return None
                 found.append(Path(entry.path))
         return found
-
-    @classmethod
-    def read_manifest(cls, root: Path) -> Manifest:
-        path = root / MANIFEST_NAME
-        try:
-            fd = open_nofollow(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise CorruptStoreError(os.fspath(path), "manifest is missing") from None
-        except OSError as err:
-            raise CorruptStoreError(os.fspath(path), f"cannot open manifest ({err})") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise CorruptStoreError(os.fspath(path), "manifest is not a regular file")
-            from ..manifest import MAX_MANIFEST_BYTES
-
-            if st.st_size > MAX_MANIFEST_BYTES:
-                raise CorruptStoreError(
-                    os.fspath(path), f"manifest is {st.st_size:,} bytes, more than allowed"
-                )
-            data = os.pread(fd, st.st_size + 1, 0)
-        finally:
-            os.close(fd)
-        try:
-            manifest = Manifest.loads(data, os.fspath(path))
-        except UnicodeDecodeError:
-            raise CorruptStoreError(os.fspath(path), "manifest is not UTF-8 text") from None
-        if manifest.backend != cls.name:
-            raise CorruptStoreError(
-                os.fspath(path), f"manifest says backend {manifest.backend!r}, files are npy"
-            )
-        return manifest
-
-    @classmethod
-    def open_arrays(cls, root: Path, manifest: Manifest) -> dict[str, ArrayReader]:
-        return {
-            name: _map_array(root, name, spec, manifest.complete)
-            for name, spec in manifest.arrays.items()
-        }
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -347,3 +321,47 @@ def _map_array(root: Path, name: str, spec: ArraySpec, complete: bool) -> np.nda
             out.flags.writeable = False
             return out
         return np.memmap(f, dtype=spec.dtype, mode="r", offset=DATA_OFFSET, shape=shape)
+
+
+class NpyHandle(LocalHandle):
+    """A directory of ``.npy`` files opened for reading: the manifest, then memory maps."""
+
+    def read_manifest(self) -> Manifest:
+        path = self.root / MANIFEST_NAME
+        try:
+            fd = open_nofollow(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise CorruptStoreError(os.fspath(path), "manifest is missing") from None
+        except OSError as err:
+            raise CorruptStoreError(os.fspath(path), f"cannot open manifest ({err})") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptStoreError(os.fspath(path), "manifest is not a regular file")
+            from ..manifest import MAX_MANIFEST_BYTES
+
+            if st.st_size > MAX_MANIFEST_BYTES:
+                raise CorruptStoreError(
+                    os.fspath(path), f"manifest is {st.st_size:,} bytes, more than allowed"
+                )
+            data = os.pread(fd, st.st_size + 1, 0)
+        finally:
+            os.close(fd)
+        try:
+            manifest = Manifest.loads(data, os.fspath(path))
+        except UnicodeDecodeError:
+            raise CorruptStoreError(os.fspath(path), "manifest is not UTF-8 text") from None
+        if manifest.backend != NpyBackend.name:
+            raise CorruptStoreError(
+                os.fspath(path), f"manifest says backend {manifest.backend!r}, files are npy"
+            )
+        return manifest
+
+    def open_arrays(self, manifest: Manifest) -> dict[str, ArrayReader]:
+        return {
+            name: _map_array(self.root, name, spec, manifest.complete)
+            for name, spec in manifest.arrays.items()
+        }
+
+    def array_file(self, name: str) -> Path | None:
+        return NpyBackend.array_file(self.root, name)

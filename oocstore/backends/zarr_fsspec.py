@@ -18,35 +18,36 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, CorruptStoreError, UnsupportedStorageError
-from ..manifest import MAX_MANIFEST_BYTES, Manifest
+from .._lock import NoLock
+from ..errors import (
+    BackendUnavailableError,
+    CorruptStoreError,
+    StoreNotFoundError,
+    UnsupportedStorageError,
+)
+from ..manifest import Manifest
 from ._lazy import LazyArray
-from .base import ArrayReader, Backend, BackendOptions, RegionWriter
+from .base import ArrayReader, Backend, BackendOptions, RegionWriter, StoreHandle
 from .zarr.spec import (
     _ZARR_JSON,
     ATTRIBUTE,
+    GROUP_META_LIMIT,
+    ZarrOptions,
     _array_doc,
     _check_dtype,
     _dumps,
     _Layout,
     _load_json,
-    _option_for,
-    chunk_rows_for,
-    shard_rows_for,
+    manifest_from_group,
 )
-from .zarr.spec import DEFAULT_COMPRESSORS as _DEFAULT_COMPRESSORS
 
-__all__ = [
-    "FsspecZarrBackend",
-    "FsspecZarrRegionWriter",
-    "open_url_arrays",
-    "read_url_manifest",
-]
+__all__ = ["FsspecZarrBackend", "FsspecZarrRegionWriter", "UrlZarrHandle"]
 
 
 def _options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -87,31 +88,6 @@ def _open_array(store: Any, name: str, *, read_only: bool) -> Any:
         )
 
 
-def read_url_manifest(url: str, storage_options: dict[str, Any] | None = None) -> Manifest:
-    """The manifest of the store at ``url``; CorruptStoreError if there is none or it is bad."""
-    fs, root = _fs(url, storage_options)
-    where = f"{url.rstrip('/')}/{_ZARR_JSON}"
-    try:
-        data = fs.cat_file(f"{root}/{_ZARR_JSON}")
-    except FileNotFoundError:
-        from ..errors import StoreNotFoundError
-
-        msg = f"no store at {url!r}: it has no {_ZARR_JSON}"
-        raise StoreNotFoundError(msg) from None
-    if len(data) > MAX_MANIFEST_BYTES + 2**20:
-        raise CorruptStoreError(where, f"group metadata is {len(data):,} bytes, too large")
-    doc = _load_json(data, where, "group metadata")
-    attrs = doc.get("attributes") if isinstance(doc, dict) else None
-    if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
-        raise CorruptStoreError(where, "not a Zarr v3 group")
-    if not isinstance(attrs, dict) or ATTRIBUTE not in attrs:
-        raise CorruptStoreError(where, f"the group has no {ATTRIBUTE!r} attribute")
-    manifest = Manifest.from_json(attrs[ATTRIBUTE], where)
-    if manifest.backend != "zarr":
-        raise CorruptStoreError(where, f"manifest says backend {manifest.backend!r}")
-    return manifest
-
-
 class _UrlArray(LazyArray):
     """Committed rows of one array at a URL, read through zarr-python."""
 
@@ -134,13 +110,32 @@ class _UrlArray(LazyArray):
         return out if out.dtype == self._dtype else out.astype(self._dtype)
 
 
-def open_url_arrays(
-    url: str, manifest: Manifest, storage_options: dict[str, Any] | None = None
-) -> dict[str, ArrayReader]:
-    """Every physical array of the store at ``url``, cut to its committed rows."""
-    return {
-        name: _UrlArray(url, storage_options, name, spec) for name, spec in manifest.arrays.items()
-    }
+class UrlZarrHandle(StoreHandle):
+    """A Zarr store at an fsspec URL opened for reading: the group's manifest, then arrays
+    read through zarr-python."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.location = url.rstrip("/")
+        self.url: str = self.location
+        self.storage_options = dict(storage_options or {})
+
+    def read_manifest(self) -> Manifest:
+        fs, root = _fs(self.url, self.storage_options)
+        try:
+            data = fs.cat_file(f"{root}/{_ZARR_JSON}")
+        except FileNotFoundError:
+            msg = f"no store at {self.url!r}: it has no {_ZARR_JSON}"
+            raise StoreNotFoundError(msg) from None
+        where = f"{self.url}/{_ZARR_JSON}"
+        if len(data) > GROUP_META_LIMIT:
+            raise CorruptStoreError(where, f"group metadata is {len(data):,} bytes, too large")
+        return manifest_from_group(data, where)
+
+    def open_arrays(self, manifest: Manifest) -> dict[str, ArrayReader]:
+        return {
+            name: _UrlArray(self.url, self.storage_options, name, spec)
+            for name, spec in manifest.arrays.items()
+        }
 
 
 class FsspecZarrBackend(Backend):
@@ -151,46 +146,59 @@ class FsspecZarrBackend(Backend):
     suffixes: ClassVar[tuple[str, ...]] = ()
     background_sync: ClassVar[bool] = False
 
-    def __init__(self, root: Path, options: BackendOptions | None = None) -> None:
-        super().__init__(root, options)
-        self.url = str(self.options.extra["url"]).rstrip("/")
-        self.storage_options: dict[str, Any] | None = self.options.extra.get("storage_options")
+    options_class: ClassVar[type[BackendOptions]] = ZarrOptions
+    options: ZarrOptions
+    local: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        url: str,
+        options: BackendOptions | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(Path(url), options)
+        self.url = url.rstrip("/")
+        self.storage_options: dict[str, Any] = dict(storage_options or {})
         self._fs, self._root = _fs(self.url, self.storage_options)
         self._store: Any = None
         self._docs: dict[str, dict[str, Any]] = {}
         self._arrays: dict[str, Any] = {}
 
-    # -- reading: class methods take local paths; URLs are read by the module functions -----
+    # -- reading -------------------------------------------------------------------------------
 
     @classmethod
     def holds_store(cls, root: Path) -> bool:
-        return False
+        return False  # a local path is never a URL store
 
     @classmethod
-    def read_manifest(cls, root: Path) -> Manifest:
-        msg = "a store at a URL is read with read_url_manifest(url)"
-        raise NotImplementedError(msg)
+    def open(
+        cls, root: Path | str, storage_options: Mapping[str, Any] | None = None
+    ) -> StoreHandle:
+        """Open the store at URL ``root`` for reading."""
+        return UrlZarrHandle(str(root), storage_options)
 
-    @classmethod
-    def open_arrays(cls, root: Path, manifest: Manifest) -> dict[str, ArrayReader]:
-        msg = "a store at a URL is read with open_url_arrays(url, manifest)"
-        raise NotImplementedError(msg)
+    @property
+    def location(self) -> str:
+        return self.url
 
     def exists(self) -> bool:
         """Is there anything at the URL?"""
         return bool(self._fs.exists(self._root))
 
-    def holds_url_store(self) -> bool:
-        """Is there an oocstore store at the URL (a group with the manifest attribute)?"""
+    def has_store(self) -> bool:
+        """Is an oocstore store at the URL (a group with the manifest)?"""
         try:
-            read_url_manifest(self.url, self.storage_options)
+            self.handle().read_manifest()
         except (OSError, CorruptStoreError):
             return False
         return True
 
-    def own_manifest(self) -> Manifest:
-        """The manifest at the URL (for resuming)."""
-        return read_url_manifest(self.url, self.storage_options)
+    def lock(self) -> NoLock:
+        """None to take: a URL has no ``flock`` (two writers of one URL corrupt it)."""
+        return NoLock()
+
+    def handle(self) -> StoreHandle:
+        return UrlZarrHandle(self.url, self.storage_options)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -227,8 +235,7 @@ class FsspecZarrBackend(Backend):
         return capacities
 
     def _compressors(self) -> Any:
-        given = self.options.compressors
-        return _DEFAULT_COMPRESSORS if given is None else (given or None)
+        return self.options.compressor_codecs()
 
     def create_array(
         self, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], capacity: int
@@ -236,15 +243,7 @@ class FsspecZarrBackend(Backend):
         _check_dtype(dtype)
         self.delete_array(name)
         row_nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        compressed = self._compressors() is not None
-        rows = _option_for(self.options.chunks, name, "chunks")
-        chunk = rows if rows is not None else chunk_rows_for(row_nbytes, compressed=compressed)
-        shards = _option_for(self.options.extra.get("shards"), name, "shards", allow_true=True)
-        shard = None
-        if shards is True:
-            shard = shard_rows_for(chunk, row_nbytes)
-        elif shards:
-            shard = -(-int(shards) // chunk) * chunk
+        chunk, shard = self.options.chunking(name, row_nbytes, capacity)
         doc = _array_doc(dtype, (capacity, *shape), chunk, shard, self._compressors())
         self._docs[name] = doc
         self._put(f"{name}/{_ZARR_JSON}", _dumps(doc))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import dask.array as _da
 import numpy as np
 
-from .._url import is_url
+from ..backends import store_identity
 from ..errors import CorruptStoreError, RaggedError
 from ..sizing import BLOCK_BYTES
 
@@ -64,11 +63,7 @@ def _open_cached(
     reader is imported by the task that opens it, not by this module). The key holds the
     inode at ``path`` too: a store overwritten there since is a new one.
     """
-    if is_url(path):
-        key = (path, commit, 0, 0)
-    else:
-        st = os.stat(path)
-        key = (path, commit, st.st_dev, st.st_ino)
+    key = (path, commit, *store_identity(path))
     with _cache_lock:
         store = None if fresh else _cache.get(key)
         if store is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import dask as _dask
@@ -31,6 +31,8 @@ from ..backends.base import RegionWriter
 from ..errors import BatchError, SchemaError
 
 if TYPE_CHECKING:
+    from ..writer import WriteOptions
+
     pass
 
 __all__ = ["is_dask_source", "write_dask"]
@@ -176,19 +178,14 @@ def _run(tasks: list[Any], finished: Callable[[tuple[int, int, Spans]], None]) -
         dask.compute(*tasks)
 
 
-def write_dask(
-    source: Any,
-    path: str | os.PathLike[str],
-    *,
-    names: Sequence[str] | None = None,
-    **writer_options: Any,
-) -> None:
+def write_dask(source: Any, path: str | os.PathLike[str], options: WriteOptions) -> None:
     """Write a Dask array (or a tuple/dict of them, aligned on axis 0) with Dask's workers.
 
-    See :func:`oocstore.write`; ``writer_options`` are :class:`~oocstore.Writer`'s.
+    See :func:`oocstore.write`; ``options`` are those it was given.
     """
     from ..writer import Writer
 
+    names = options.names
     empty, given = _as_arrays(source)
     if isinstance(given, dict):
         labelled = given
@@ -202,7 +199,7 @@ def write_dask(
 
         msg = f"nothing was written to {os.fspath(path)!r}: the Dask arrays have no samples"
         raise EmptySourceError(msg)
-    writer = Writer(path, names=names, length=n, **writer_options)
+    writer = Writer(path, options.with_(length=n, batched=True))
     with writer:
         writer.append(empty)  # the schema; every array preallocated for n rows
         writer.skip = 0

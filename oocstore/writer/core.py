@@ -18,35 +18,30 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import numpy as np
+from typing import Any, Unpack
 
 from .. import sizing
 from .._lock import NoLock, StoreLock, refused_write
-from .._url import is_url
-from ..backends import backend_class, backend_for_path
-from ..backends.base import Backend, BackendOptions, RegionWriter
+from ..backends import open_for_writing
+from ..backends.base import Backend, RegionWriter
 from ..batches import split_batch
 from ..checksum import ALGORITHM, MAX_SPANS, coalesce
 from ..errors import (
     EmptySourceError,
     OocstoreError,
-    UnknownBackendError,
     WriterClosedError,
 )
 from ..manifest import Manifest
 from ..progress import Progress
 from ..schema import Casting, Schema
-from ..sizing import MemoryLike
 from . import regions
 from .fields import _FieldWriter
-from .options import PathLike, RaggedMode, ShapeLike
-from .setup import as_max_shapes, at_url, clear_existing, existing_store_backend, reopen, start
+from .options import PathLike, RaggedMode, ShapeLike, WriteKwargs, WriteOptions
+from .setup import as_max_shapes, clear_existing, reopen, start
 from .setup import expected_capacity as _expected_capacity
 from .staging import _StagedArray
 
-__all__ = ["PathLike", "RaggedMode", "ShapeLike", "Writer"]
+__all__ = ["PathLike", "RaggedMode", "ShapeLike", "WriteOptions", "Writer"]
 
 log = logging.getLogger("oocstore.writer")
 
@@ -81,56 +76,24 @@ class _Abandoned:
             self.lock.release(remove=self.sibling)
 
 
+_WRITER_DEFAULTS = WriteOptions(batched=True, progress=False)
+
+
 class Writer:
     """Write batches into a store incrementally; a context manager.
 
     Parameters
     ----------
     path
-        Where the store goes. The backend follows the suffix (``.zarr``, ``.h5``/``.hdf5``,
-        anything else is npy) unless ``backend=`` names one.
-    names
-        Field names for array or tuple batches (default ``"0"``, ``"1"``, ...).
-    length
-        Expected number of samples: files are preallocated for it (and grow if it is exceeded).
-    backend
-        ``"npy"``, ``"zarr"`` or ``"hdf5"``.
-    batched
-        True: each appended item is a batch (axis 0 = samples). False: each item is one sample.
-    overwrite
-        Replace an existing store at ``path``.
-    resume
-        Continue the store at ``path`` from its last commit (``skip`` then tells how many
-        samples of the source to drop).
-    memory
-        Memory budget for buffers (bytes or ``"512MB"``); default: a share of what is free.
-    progress
-        Show a progress bar (default: when stderr is a terminal).
-    ragged
-        ``"pad"`` (default): samples of varying trailing shape are padded to the max shape and
-        their true shapes kept (on Zarr the padded array grows in place; elsewhere it is laid
-        out at close); ``"pack"``: stored end to end with offsets; ``"error"``: refuse.
-    fill
-        Pad value, or a dict of them per field.
-    max_shape
-        Per field (a dict), the padded shape to preallocate when it is known up front.
-    padding_warning
-        Warn (``PaddingWarning``, once per field) when padding a ragged field makes it more
-        than this many times the size of its samples' values; None never warns.
-    casting
-        How far a later batch may be cast to the schema's dtype (NumPy casting rules).
-    chunks, compressors, shards
-        Chunked backends (Zarr, HDF5): rows per chunk (an int, or a dict per field), the
-        compressors (Zarr's meaning: None is uncompressed), and rows per shard (Zarr; True
-        picks ~128 MiB shards) for datasets that would otherwise make millions of chunk files.
-    commit_bytes, commit_seconds
-        Commit after this many bytes or seconds since the last commit.
-    attrs
-        JSON-serialisable user metadata kept in the manifest.
-    storage_options
-        For a store at an fsspec URL (``memory://``, ``s3://``...; always Zarr): passed to
-        the fsspec filesystem. Such a store has no single-writer lock and no fsync; see
-        ``docs/dask.md``.
+        Where the store goes (a path, or an fsspec URL of a Zarr store).
+    options
+        A [`WriteOptions`][oocstore.WriteOptions]; keywords given beside it replace its
+        fields. Without one, a writer appends batches (``batched=True``) and shows no
+        progress bar (``progress=False``).
+    **changes
+        Any field of [`WriteOptions`][oocstore.WriteOptions] (``names``, ``length``,
+        ``backend``, ``resume``, ``ragged``, ``chunks``, ``storage_options``...), which
+        documents each one.
 
     Raises
     ------
@@ -138,63 +101,38 @@ class Writer:
         If a store exists at ``path`` and neither ``overwrite`` nor ``resume`` is set.
     StoreLockedError
         If another process is writing the store.
+    TypeError
+        If a keyword is not an option.
     """
 
     def __init__(
         self,
         path: PathLike,
-        *,
-        names: Sequence[str] | None = None,
-        length: int | None = None,
-        backend: str | None = None,
-        batched: bool = True,
-        overwrite: bool = False,
-        resume: bool = False,
-        memory: MemoryLike = None,
-        progress: bool | None = False,
-        ragged: RaggedMode = "pad",
-        fill: Any = 0,
-        max_shape: Mapping[str, ShapeLike] | ShapeLike | None = None,
-        padding_warning: float | None = 4.0,
-        casting: Casting = "safe",
-        chunks: Mapping[str, int] | int | None = None,
-        compressors: Any = None,
-        shards: Mapping[str, int] | int | bool | None = None,
-        commit_bytes: int | None = None,
-        commit_seconds: float = 30.0,
-        attrs: Mapping[str, Any] | None = None,
-        storage_options: Mapping[str, Any] | None = None,
+        options: WriteOptions | None = None,
+        /,
+        **changes: Unpack[WriteKwargs],
     ) -> None:
-        if ragged not in ("pad", "pack", "error"):
-            msg = f"ragged must be 'pad', 'pack' or 'error', not {ragged!r}"
-            raise ValueError(msg)
-        if casting not in ("no", "equiv", "safe", "same_kind", "unsafe"):
-            msg = f"casting must be one of no, equiv, safe, same_kind, unsafe; not {casting!r}"
-            raise ValueError(msg)
-        if length is not None and (not isinstance(length, int | np.integer) or length < 0):
-            msg = f"length must be a non-negative integer, not {length!r}"
-            raise ValueError(msg)
+        opts = (options if options is not None else _WRITER_DEFAULTS).with_(**changes)
+        self.options = opts
+        """The options this writer was made with."""
         self.path = Path(path)
-        self.names = list(names) if names is not None else None
-        self.length_expected = int(length) if length is not None else None
-        self.batched = batched
-        self.ragged: RaggedMode = ragged
-        self.fill = fill
-        self.max_shape = as_max_shapes(max_shape)
-        if padding_warning is not None and not padding_warning > 0:
-            msg = f"padding_warning must be a positive ratio or None, not {padding_warning!r}"
-            raise ValueError(msg)
-        self.padding_warning = padding_warning
-        self.casting: Casting = casting
-        self.budget = sizing.memory_budget(memory)
-        self.commit_every_seconds = commit_seconds
-        self.attrs = dict(attrs or {})
+        self.names = list(opts.names) if opts.names is not None else None
+        self.length_expected = int(opts.length) if opts.length is not None else None
+        self.batched = opts.batched is not False
+        self.ragged: RaggedMode = opts.ragged
+        self.fill = opts.fill
+        self.max_shape = as_max_shapes(opts.max_shape)
+        self.padding_warning = opts.padding_warning
+        self.casting: Casting = opts.casting
+        self.budget = sizing.memory_budget(opts.memory)
+        self.commit_every_seconds = opts.commit_seconds
+        self.attrs = dict(opts.attrs or {})
         self.obsolete: set[str] = set()  # arrays to delete once a manifest no longer names them
         self.n_batches_hint: int | None = None
         self.checksums: dict[str, list[list[Any]]] = {}  # array -> [[start, stop, hash], ...]
         self._pending: tuple[Future[None], int, set[str]] | None = None
         self._guessed_capacity = False
-        self._progress_flag = progress
+        self._progress_flag = opts.progress
         self._progress: Progress | None = None
         self._fields: dict[str, _FieldWriter] = {}
         self._schema: Schema | None = None
@@ -208,54 +146,38 @@ class Writer:
         self.skip = 0  # samples of the source already stored (resume)
         self.bytes_written = 0
 
-        options = BackendOptions(
-            chunks=dict(chunks) if isinstance(chunks, Mapping) else chunks,
-            compressors=compressors,
-            extra={
-                # HDF5 lays out arrays of exactly the declared length contiguous.
+        chunks, shards = opts.chunks, opts.shards
+        self.backend, existing_backend = open_for_writing(
+            path,
+            opts.backend,
+            resume=opts.resume,
+            options={
+                "chunks": dict(chunks) if isinstance(chunks, Mapping) else chunks,
+                "compressors": opts.compressors,
                 "length": self.length_expected,
-                **(
-                    {"shards": dict(shards) if isinstance(shards, Mapping) else shards}
-                    if shards is not None
-                    else {}
-                ),
+                "shards": dict(shards) if isinstance(shards, Mapping) else shards,
             },
+            storage_options=opts.storage_options,
         )
-        self.url: str | None = None
-        self._lock: StoreLock | NoLock
-        if is_url(path):
-            cls, exists, existing_backend = at_url(
-                self, str(path), backend, options, storage_options
-            )
-        else:
-            exists = self.path.exists() or self.path.is_symlink()
-            existing_backend = existing_store_backend(self.path) if exists else None
-            if resume and existing_backend is not None:
-                self.backend_name = existing_backend
-                if backend is not None and backend != existing_backend:
-                    msg = (
-                        f"cannot resume {str(self.path)!r} as {backend!r}: "
-                        f"it is a {existing_backend} store"
-                    )
-                    raise UnknownBackendError(msg)
-            else:
-                self.backend_name = backend_for_path(self.path, backend)
-            cls = backend_class(self.backend_name)
-            self.backend = cls(self.path, options)
-            self._lock = StoreLock(cls.lock_path(self.path), self.path)
+        cls = type(self.backend)
+        self.backend_name = cls.name
+        self.location = self.backend.location
+        """Where the store is: its path, or its URL."""
+        self._lock: StoreLock | NoLock = self.backend.lock()
+        exists = existing_backend is not None or self.backend.exists()
         self._committer = (
             ThreadPoolExecutor(1, thread_name_prefix="oocstore-commit")
             if cls.background_sync
             else None
         )
-        self.commit_every_bytes = commit_bytes or sizing.commit_bytes(
+        self.commit_every_bytes = opts.commit_bytes or sizing.commit_bytes(
             self.budget, background=cls.background_sync
         )
 
         # A writer dropped without close() is undone when it is collected (or at exit).
         sibling = isinstance(self._lock, StoreLock) and self._lock.path.parent != self.path
         self._abandoned = _Abandoned(self.backend, self._lock, sibling)
-        if existing_backend is not None and resume:
+        if existing_backend is not None and opts.resume:
             self._lock.acquire()
             try:
                 reopen(self)
@@ -267,7 +189,7 @@ class Writer:
             self._finalizer = weakref.finalize(self, self._abandoned)
             return
         if exists:
-            clear_existing(self, existing_backend, overwrite)
+            clear_existing(self, existing_backend, opts.overwrite)
         try:
             self.backend.create()
         except OSError as err:

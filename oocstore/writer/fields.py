@@ -101,7 +101,7 @@ class _FieldWriter:
         rows = owner.length + len(value)
         final = max(rows, owner.length_expected or 0)
         padded = final * row
-        if at_close and owner.url is None:
+        if at_close and owner.backend.local:
             free = free_bytes(owner.path if owner.path.exists() else owner.path.parent)
             if free is not None and padded > free:
                 raise DiskFullError(

@@ -1,4 +1,4 @@
-"""Where a writer starts: a new store, an existing one to replace or resume, or a URL."""
+"""Where a writer starts: a new store, or an existing one to replace or resume."""
 
 from __future__ import annotations
 
@@ -11,16 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import sizing
-from .._lock import NoLock, StoreLock
-from ..backends import backend_class, detect_backend
-from ..backends.base import Backend, BackendOptions
+from .._lock import StoreLock
+from ..backends import backend_class
 from ..batches import Batch
 from ..checksum import valid_span
 from ..errors import (
     CorruptStoreError,
     RaggedError,
     StoreExistsError,
-    UnknownBackendError,
 )
 from ..manifest import FieldLayout, Manifest
 from ..ragged import (
@@ -41,39 +39,12 @@ _INITIAL_BYTES = sizing.BLOCK_BYTES  # most of a first allocation when the lengt
 _INITIAL_BATCHES = 4  # ... which is this many first batches' worth, if that is less
 
 
-def at_url(
-    w: Writer,
-    url: str,
-    backend: str | None,
-    options: BackendOptions,
-    storage_options: Mapping[str, Any] | None,
-) -> tuple[type[Backend], bool, str | None]:
-    """Set up a Zarr store at an fsspec URL: ``(backend class, exists, existing backend)``.
-
-    There is no lock at a URL (see :mod:`oocstore.backends.zarr_fsspec`).
-    """
-    from ..backends.zarr_fsspec import FsspecZarrBackend
-
-    if backend not in (None, "zarr"):
-        msg = f"a store at a URL ({url!r}) is a Zarr store; backend={backend!r} cannot be one"
-        raise UnknownBackendError(msg)
-    w.url = url
-    w.backend_name = "zarr"
-    options.extra["url"] = url
-    options.extra["storage_options"] = dict(storage_options or {})
-    remote = FsspecZarrBackend(w.path, options)
-    w.backend = remote
-    w._lock = NoLock()
-    exists = remote.exists()
-    return FsspecZarrBackend, exists, "zarr" if exists and remote.holds_url_store() else None
-
-
 def clear_existing(w: Writer, existing_backend: str | None, overwrite: bool) -> None:
     path = w.path
-    if w.url is not None:
+    if not w.backend.local:
         if not overwrite or existing_backend is None:
             what = "a store" if existing_backend else "something that is not a store"
-            msg = f"{what} already exists at {w.url!r}" + (
+            msg = f"{what} already exists at {w.location!r}" + (
                 "; pass overwrite=True to replace it or resume=True to continue it"
                 if existing_backend
                 else ""
@@ -123,12 +94,7 @@ def clear_existing(w: Writer, existing_backend: str | None, overwrite: bool) -> 
 
 
 def reopen(w: Writer) -> None:
-    if w.url is not None:
-        from ..backends.zarr_fsspec import read_url_manifest
-
-        manifest = read_url_manifest(w.url, w.backend.options.extra["storage_options"])
-    else:
-        manifest = backend_class(w.backend_name).read_manifest(w.path)
+    manifest = w.backend.handle().read_manifest()
     capacities = w.backend.open_existing(manifest)
     w._schema = manifest.schema
     w.attrs = {**manifest.attrs, **w.attrs}
@@ -188,7 +154,7 @@ def start(w: Writer, batch: Batch) -> None:
                 hint="pass ragged='pad' or ragged='pack' to store samples of varying shape",
             )
     n = batch.size
-    if w.url is None:
+    if w.backend.local:
         for spec in schema.fields:  # before anything is allocated for this batch
             sizing.check_samples_fit(
                 w.path, spec.name, spec.sample_nbytes, n, batch_index=w._batch_index
@@ -204,7 +170,7 @@ def start(w: Writer, batch: Batch) -> None:
         first = min(_INITIAL_BATCHES * n * schema.sample_nbytes, _INITIAL_BYTES, w.budget // 4)
         capacity = max(n, first // max(schema.sample_nbytes, 1), 1)
         w._guessed_capacity = True
-    if not w._guessed_capacity and w.url is None:
+    if not w._guessed_capacity and w.backend.local:
         sizing.check_disk_space(w.path, capacity * schema.sample_nbytes)
     try:
         create_fields(w, schema, batch, capacity)
@@ -260,15 +226,6 @@ def _checked_spans(spans: dict[str, Any], manifest: Manifest, path: Path) -> dic
             raise CorruptStoreError(os.fspath(path), problem)
         out[name] = list(value)
     return out
-
-
-def existing_store_backend(path: Path) -> str | None:
-    try:
-        return detect_backend(path)
-    except (UnknownBackendError, CorruptStoreError):
-        return None
-    except OSError:
-        return None
 
 
 def as_max_shapes(

@@ -8,6 +8,7 @@ import errno
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,9 @@ def check_space(b: Hdf5Backend, nbytes: int, path: Path | None = None) -> None:
 def chunk_rows_for(b: Hdf5Backend, name: str, row: int, capacity: int) -> int:
     chunks = b.options.chunks
     given = (
-        chunks.get(name, chunks.get(name.split(".", 1)[0])) if isinstance(chunks, dict) else chunks
+        chunks.get(name, chunks.get(name.split(".", 1)[0]))
+        if isinstance(chunks, Mapping)
+        else chunks
     )
     if given is not None:
         rows = int(given)

@@ -59,8 +59,10 @@ import math
 import os
 import stat
 import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import h5py
 import numpy as np
@@ -72,7 +74,7 @@ from ...errors import (
     UnsupportedDtypeError,
 )
 from ...manifest import Manifest
-from ..base import ArrayReader, Backend, BackendOptions, FileRegionWriter, RegionWriter
+from ..base import Backend, BackendOptions, FileRegionWriter, RegionWriter, StoreHandle
 from . import allocate, commit, reading, record, repair
 from .allocate import ALIGNMENT, ALIGNMENT_THRESHOLD
 from .extents import _cut_runs
@@ -97,21 +99,33 @@ log = logging.getLogger("oocstore.backends.hdf5")
 # -- the backend ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Hdf5Options(BackendOptions):
+    """Write options of the HDF5 backend: ``chunks`` (rows per chunk, for all arrays or per
+    array) and ``length`` (the declared number of samples: arrays of exactly that many rows
+    are contiguous), and these."""
+
+    layout: Literal["contiguous", "chunked"] | None = None
+    """Every array contiguous or chunked (None: contiguous where the length is declared)."""
+    userblock: int | None = None
+    """Bytes of the userblock, a power of two: room for the commit record (None: the
+    default, :data:`.record.USERBLOCK_BYTES`)."""
+
+
 class Hdf5Backend(Backend):
     """Store arrays as datasets of one HDF5 file; commits live in the file's userblock.
 
-    Options (``BackendOptions``): ``chunks`` (rows per chunk, for all arrays or per array),
-    ``extra["length"]`` (the declared number of samples: arrays of exactly that many rows are
-    contiguous), ``extra["layout"]`` (``"contiguous"`` or ``"chunked"`` for every array),
-    ``extra["userblock"]`` (bytes, a power of two: room for the commit record). Compression is
-    not offered: crash safety rests on writing rows at known file offsets (``h5repack -f
-    GZIP=4`` compresses a finished file, which oocstore still opens through the attribute).
+    Options: :class:`Hdf5Options`. Compression is not offered: crash safety rests on writing
+    rows at known file offsets (``h5repack -f GZIP=4`` compresses a finished file, which
+    oocstore still opens through the attribute).
     """
 
     name: ClassVar[str] = "hdf5"
     zero_copy: ClassVar[bool] = False  # contiguous arrays are np.memmap; chunked ones may not be
-    suffixes: ClassVar[tuple[str, ...]] = (".h5", ".hdf5")
+    suffixes: ClassVar[tuple[str, ...]] = (".h5", ".hdf5", ".hdf")
     background_sync: ClassVar[bool] = True
+    options_class: ClassVar[type[BackendOptions]] = Hdf5Options
+    options: Hdf5Options
 
     def __init__(self, root: Path, options: BackendOptions | None = None) -> None:
         super().__init__(root, options)
@@ -122,18 +136,19 @@ class Hdf5Backend(Backend):
                 "file with h5repack, or use backend='zarr'"
             )
             raise ValueError(msg)
-        extra = self.options.extra
-        layout = extra.get("layout")
+        layout = self.options.layout
         if layout not in (None, "contiguous", "chunked"):
-            msg = f"extra['layout'] must be 'contiguous' or 'chunked', not {layout!r}"
+            msg = f"Hdf5Options.layout must be 'contiguous' or 'chunked', not {layout!r}"
             raise ValueError(msg)
         self._force_layout: str | None = layout
-        length = extra.get("length")
+        length = self.options.length
         self._declared: int | None = int(length) if length is not None else None
-        userblock = int(extra.get("userblock", record.USERBLOCK_BYTES))  # patchable in tests
+        given = self.options.userblock
+        userblock = int(given if given is not None else record.USERBLOCK_BYTES)
         if userblock < 2 * HEADER_BYTES or userblock & (userblock - 1) or userblock > 2**28:
             msg = (
-                f"extra['userblock'] must be a power of two from 8 KiB to 256 MiB, not {userblock}"
+                "Hdf5Options.userblock must be a power of two from 8 KiB to 256 MiB, "
+                f"not {userblock}"
             )
             raise ValueError(msg)
         self._userblock = userblock
@@ -190,28 +205,13 @@ class Hdf5Backend(Backend):
         return root  # every array is a dataset of the one file
 
     @classmethod
-    def stored_chunk_rows(cls, manifest: Manifest, name: str, array: ArrayReader) -> int | None:
-        info = manifest.extra.get("hdf5")
-        entry = info.get("arrays", {}).get(name) if isinstance(info, dict) else None
-        if isinstance(entry, dict) and entry.get("layout") == "chunked":
-            rows = entry.get("chunk_rows")
-            return int(rows) if isinstance(rows, int) and rows > 0 else None
-        return None
+    def open(cls, root: Path, storage_options: Mapping[str, Any] | None = None) -> StoreHandle:
+        return reading.Hdf5Handle(root)
 
     @classmethod
     def lock_path(cls, root: Path) -> Path:
         """A hidden file beside the store: the store is one file, which HDF5 itself locks."""
         return root.with_name(f".{root.name}.lock")
-
-    @classmethod
-    def read_manifest(cls, root: Path) -> Manifest:
-        """The newest valid commit record's manifest (see :func:`.reading.read_manifest`)."""
-        return reading.read_manifest(root)
-
-    @classmethod
-    def open_arrays(cls, root: Path, manifest: Manifest) -> dict[str, ArrayReader]:
-        """Committed rows of every array, mapped from the record (see :mod:`.reading`)."""
-        return reading.open_arrays(root, manifest)
 
     # -- writing: files ------------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..._durable import open_nofollow
 from ...errors import (
-    CorruptStoreError,
     DiskFullError,
     UnsupportedDtypeError,
 )
@@ -100,18 +97,3 @@ def _writing(path: Path, doing: str) -> Iterator[None]:
             raise  # an OSError subclass oocstore raised itself
         msg = f"HDF5 failed while {doing} in {str(path)!r}: {err}"
         raise OSError(errno.EIO, msg, os.fspath(path)) from err
-
-
-def _open_read(path: Path) -> int:
-    """Open ``path`` read-only, never through a symlink; CorruptStoreError if it is not a file."""
-    where = os.fspath(path)
-    try:
-        fd = open_nofollow(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise CorruptStoreError(where, "file is missing") from None
-    except OSError as err:  # ELOOP: a symlink planted at the store's path
-        raise CorruptStoreError(where, f"cannot open ({err.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise CorruptStoreError(where, "not a regular file")
-    return fd

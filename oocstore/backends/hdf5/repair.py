@@ -141,7 +141,7 @@ def open_existing(b: Hdf5Backend, manifest: Manifest) -> dict[str, int]:
     b._seq = record[0] if record is not None else 0
     b._published = True
     with b._mutex:
-        if header is None or not (isinstance(info, dict) and info.get("source") == "record"):
+        if header is None or record is None:
             os.close(fd)
             _adopt(b, manifest)  # a file without a commit record (h5repack, h5py copy)
         else:

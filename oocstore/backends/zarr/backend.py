@@ -40,6 +40,7 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -52,8 +53,9 @@ from ..._durable import (
     open_nofollow,
 )
 from ...errors import CorruptStoreError, UnsupportedDtypeError
-from ...manifest import MAX_MANIFEST_BYTES, Manifest
-from ..base import ArrayReader, Backend, BackendOptions, RegionWriter
+from ...manifest import Manifest
+from .._files import read_bounded
+from ..base import Backend, BackendOptions, RegionWriter, StoreHandle
 from . import rows
 from .region import ZarrRegionWriter
 from .spec import (
@@ -63,7 +65,8 @@ from .spec import (
     _TMP_PREFIX,
     _ZARR_JSON,
     ATTRIBUTE,
-    DEFAULT_COMPRESSORS,
+    GROUP_META_LIMIT,
+    ZarrOptions,
     _array_doc,
     _check_dtype,
     _data_type_json,
@@ -71,24 +74,16 @@ from .spec import (
     _dumps,
     _fills,
     _Layout,
-    _load_json,
     _open_layout,
-    _option_for,
-    _read_bounded,
-    chunk_rows_for,
-    shard_rows_for,
 )
 from .state import _WriteState
-from .view import ZarrArray, _in_use, _UnitReader
+from .view import ZarrHandle, _in_use, _UnitReader, _vanished_empty
 
 
 class ZarrBackend(Backend):
     """Store arrays as a Zarr v3 group; readers get lazy :class:`ZarrArray` views.
 
-    Options: ``chunks`` (rows per chunk, for all arrays or per array name), ``compressors``
-    (passed to zarr-python: a codec, a list, ``"auto"`` for zarr's default zstd; None here
-    means uncompressed, see :data:`DEFAULT_COMPRESSORS`), ``extra["shards"]`` (rows per shard,
-    ``True`` for about :data:`SHARD_BYTES`, per array name as a dict).
+    Options: :class:`ZarrOptions`.
     """
 
     name: ClassVar[str] = "zarr"
@@ -96,6 +91,8 @@ class ZarrBackend(Backend):
     suffixes: ClassVar[tuple[str, ...]] = (".zarr",)
     background_sync: ClassVar[bool] = True
     grows_rows: ClassVar[bool] = True
+    options_class: ClassVar[type[BackendOptions]] = ZarrOptions
+    options: ZarrOptions
 
     def __init__(self, root: Path, options: BackendOptions | None = None) -> None:
         super().__init__(root, options)
@@ -121,58 +118,14 @@ class ZarrBackend(Backend):
         if not root.is_dir() or not path.is_file():
             return False
         try:
-            data = _read_bounded(path, MAX_MANIFEST_BYTES + 2**20, "group metadata")
+            data = read_bounded(path, GROUP_META_LIMIT, "group metadata")
         except CorruptStoreError:
             return True  # a store whose metadata is damaged: read_manifest says how
         return f'"{ATTRIBUTE}"'.encode() in data
 
     @classmethod
-    def read_manifest(cls, root: Path) -> Manifest:
-        path = root / _ZARR_JSON
-        where = os.fspath(path)
-        doc = _load_json(
-            _read_bounded(path, MAX_MANIFEST_BYTES + 2**20, "group metadata"),
-            where,
-            "group metadata",
-        )
-        if not isinstance(doc, dict) or doc.get("zarr_format") != 3:
-            raise CorruptStoreError(where, "not Zarr v3 metadata (zarr_format is not 3)")
-        if doc.get("node_type") != "group":
-            raise CorruptStoreError(where, "not a Zarr group (node_type is not 'group')")
-        attrs = doc.get("attributes")
-        if not isinstance(attrs, dict) or ATTRIBUTE not in attrs:
-            raise CorruptStoreError(
-                where, f"the group has no {ATTRIBUTE!r} attribute (no oocstore manifest)"
-            )
-        manifest = Manifest.from_json(attrs[ATTRIBUTE], where)
-        if manifest.backend != cls.name:
-            raise CorruptStoreError(
-                where, f"manifest says backend {manifest.backend!r}, files are zarr"
-            )
-        return manifest
-
-    @classmethod
-    def open_arrays(cls, root: Path, manifest: Manifest) -> dict[str, ArrayReader]:
-        out: dict[str, ArrayReader] = {}
-        fills = _fills(manifest)
-        for name, spec in manifest.arrays.items():
-            if _vanished_empty(root / name, spec.length):
-                out[name] = np.empty((0, *spec.shape), dtype=spec.dtype)
-                continue
-            layout = _open_layout(root / name, spec.dtype, spec.shape, fills.get(name, 0))
-            if layout.capacity < spec.length:
-                raise CorruptStoreError(
-                    os.fspath(layout.path / _ZARR_JSON),
-                    f"array has {layout.capacity:,} rows but the manifest commits "
-                    f"{spec.length:,}; was it truncated?",
-                )
-            out[name] = ZarrArray(layout, spec.length)
-        return out
-
-    @classmethod
-    def stored_chunk_rows(cls, manifest: Manifest, name: str, array: ArrayReader) -> int | None:
-        chunks = getattr(array, "chunks", None)
-        return int(chunks[0]) if isinstance(chunks, tuple) and chunks else None
+    def open(cls, root: Path, storage_options: Mapping[str, Any] | None = None) -> StoreHandle:
+        return ZarrHandle(root)
 
     @classmethod
     def lock_path(cls, root: Path) -> Path:
@@ -280,25 +233,7 @@ class ZarrBackend(Backend):
                 st.meta_dirty = True
 
     def _compressors(self) -> Any:
-        given = self.options.compressors
-        return DEFAULT_COMPRESSORS if given is None else (given or None)
-
-    def _shards(self, name: str) -> Any:
-        """The ``shards`` option for array ``name``: rows per shard, True, or None/False."""
-        return _option_for(self.options.extra.get("shards"), name, "shards", allow_true=True)
-
-    def _chunking(self, name: str, row_nbytes: int, capacity: int) -> tuple[int, int | None]:
-        compressed = self._compressors() is not None
-        rows = _option_for(self.options.chunks, name, "chunks")
-        chunk = rows if rows is not None else chunk_rows_for(row_nbytes, compressed=compressed)
-        if rows is None and capacity > 0 and self.options.extra.get("length") is not None:
-            chunk = min(chunk, capacity)  # a short array of known length: no oversized chunk
-        shards = self._shards(name)
-        if shards is None or shards is False:
-            return chunk, None
-        if shards is True:
-            return chunk, shard_rows_for(chunk, row_nbytes)
-        return chunk, -(-shards // chunk) * chunk  # a whole number of chunks
+        return self.options.compressor_codecs()
 
     def create_array(
         self, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], capacity: int
@@ -333,7 +268,7 @@ class ZarrBackend(Backend):
         self._drop(name)
         cell = tuple(shape) if tile is None else tile
         nbytes = int(np.prod(cell, dtype=np.int64)) * dtype.itemsize
-        if tile is not None and (self._compressors() is not None or self._shards(name)):
+        if tile is not None and (self._compressors() is not None or self.options.shards_for(name)):
             # Chunks (or shards) written whole are staged whole, a row's every tile at once:
             # sized on the row, so staging one stays near the target (and never on a tile
             # larger than the row, so a few tiny first rows do not make a huge first chunk).
@@ -342,7 +277,7 @@ class ZarrBackend(Backend):
             # Written in place: the rows not written yet take no disk, so a chunk need not be
             # cut to a capacity that, for a ragged stream, is only a guess from the first rows.
             capacity = 0
-        chunk, shard = self._chunking(name, nbytes, capacity)
+        chunk, shard = self.options.chunking(name, nbytes, capacity)
         doc = _array_doc(
             dtype, (capacity, *shape), chunk, shard, self._compressors(), tile=tile, fill=fill
         )
@@ -586,13 +521,3 @@ class ZarrBackend(Backend):
         with self._mutex:
             self._pending.clear()
             self._dirty_dirs.clear()
-
-
-def _vanished_empty(path: Path, length: int) -> bool:
-    """Is array ``path`` one with no committed rows whose metadata is gone?
-
-    A writer replacing an array before its first rows were committed (a dense field turning
-    padded) and killed between removing the old one and writing the new one's metadata
-    leaves that. Nothing committed is lost, so it reads as empty and a writer recreates it.
-    """
-    return length == 0 and not (path / _ZARR_JSON).exists() and not path.is_symlink()

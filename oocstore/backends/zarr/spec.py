@@ -11,22 +11,20 @@ import json
 import math
 import os
 import re
-import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..._durable import (
-    open_nofollow,
-)
 from ...errors import CorruptStoreError, DiskFullError, UnsupportedDtypeError
-from ...manifest import MAX_DEPTH, Manifest
+from ...manifest import MAX_DEPTH, MAX_MANIFEST_BYTES, Manifest
 from ...manifest import _json_depth as json_depth
 from ...sizing import available_memory
+from .._files import read_bounded
+from ..base import BackendOptions
 from .codecs import _Codec, _parse_codecs
 
 ATTRIBUTE = "oocstore"
@@ -308,26 +306,6 @@ class _Layout:
         return layout
 
 
-def _read_bounded(path: Path, limit: int, what: str) -> bytes:
-    """Read a small regular file (never following a symlink); CorruptStoreError otherwise."""
-    where = os.fspath(path)
-    try:
-        fd = open_nofollow(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise CorruptStoreError(where, f"{what} is missing") from None
-    except OSError as err:
-        raise CorruptStoreError(where, f"cannot open {what} ({err.strerror})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CorruptStoreError(where, f"{what} is not a regular file")
-        if st.st_size > limit:
-            raise CorruptStoreError(where, f"{what} is {st.st_size:,} bytes, more than allowed")
-        return os.pread(fd, st.st_size + 1, 0)
-    finally:
-        os.close(fd)
-
-
 def _load_json(data: bytes, where: str, what: str) -> Any:
     try:
         text = data.decode("utf8")
@@ -433,14 +411,72 @@ def _data_type_json(dtype_str: str) -> str:
     return json.dumps(doc["data_type"], sort_keys=True)
 
 
+GROUP_META_LIMIT = MAX_MANIFEST_BYTES + 2**20
+"""The largest group ``zarr.json`` read: the manifest and the JSON around it."""
+
+
+def manifest_from_group(data: bytes, where: str) -> Manifest:
+    """The oocstore manifest in a group's ``zarr.json`` bytes; CorruptStoreError naming
+    ``where`` if the document is not a Zarr v3 group carrying one for this backend."""
+    doc = _load_json(data, where, "group metadata")
+    if not isinstance(doc, dict) or doc.get("zarr_format") != 3:
+        raise CorruptStoreError(where, "not Zarr v3 metadata (zarr_format is not 3)")
+    if doc.get("node_type") != "group":
+        raise CorruptStoreError(where, "not a Zarr group (node_type is not 'group')")
+    attrs = doc.get("attributes")
+    if not isinstance(attrs, dict) or ATTRIBUTE not in attrs:
+        raise CorruptStoreError(
+            where, f"the group has no {ATTRIBUTE!r} attribute (no oocstore manifest)"
+        )
+    manifest = Manifest.from_json(attrs[ATTRIBUTE], where)
+    if manifest.backend != "zarr":
+        raise CorruptStoreError(
+            where, f"manifest says backend {manifest.backend!r}, files are zarr"
+        )
+    return manifest
+
+
 def _fills(manifest: Manifest) -> dict[str, Any]:
     """The padding value of every padded array (what its missing tiles read as)."""
     return {n: lay.fill for n, lay in manifest.layouts.items() if lay.kind == "padded"}
 
 
+@dataclass(frozen=True)
+class ZarrOptions(BackendOptions):
+    """Write options of the Zarr backends: ``chunks`` (rows per chunk, for all arrays or per
+    array name), ``compressors`` (passed to zarr-python: a codec, a list, ``"auto"`` for
+    zarr's default zstd; None here means uncompressed, see :data:`DEFAULT_COMPRESSORS`)."""
+
+    shards: Mapping[str, int | bool] | int | bool | None = None
+    """Rows per shard, True for about :data:`SHARD_BYTES`, per array name as a mapping."""
+
+    def compressor_codecs(self) -> Any:
+        """The compressors zarr.json declares (None: uncompressed)."""
+        given = self.compressors
+        return DEFAULT_COMPRESSORS if given is None else (given or None)
+
+    def shards_for(self, name: str) -> Any:
+        """The ``shards`` option for array ``name``: rows per shard, True, or None/False."""
+        return _option_for(self.shards, name, "shards", allow_true=True)
+
+    def chunking(self, name: str, row_nbytes: int, capacity: int) -> tuple[int, int | None]:
+        """``(rows per chunk, rows per shard or None)`` of a new array ``name``."""
+        compressed = self.compressor_codecs() is not None
+        rows = _option_for(self.chunks, name, "chunks")
+        chunk = rows if rows is not None else chunk_rows_for(row_nbytes, compressed=compressed)
+        if rows is None and capacity > 0 and self.length is not None:
+            chunk = min(chunk, capacity)  # a short array of known length: no oversized chunk
+        shards = self.shards_for(name)
+        if shards is None or shards is False:
+            return chunk, None
+        if shards is True:
+            return chunk, shard_rows_for(chunk, row_nbytes)
+        return chunk, -(-int(shards) // chunk) * chunk  # a whole number of chunks
+
+
 def _option_for(value: Any, name: str, what: str, *, allow_true: bool = False) -> Any:
     """The per-array value of a ``chunks``-like option (an int, or a dict by array name)."""
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         value = value.get(name)
     if value is None or (allow_true and isinstance(value, bool)):
         return value
@@ -462,7 +498,7 @@ def _open_layout(
     where = os.fspath(meta)
     if path.is_symlink():
         raise CorruptStoreError(os.fspath(path), "array directory is a symlink")
-    doc = _load_json(_read_bounded(meta, _MAX_ARRAY_META, "array metadata"), where, "metadata")
+    doc = _load_json(read_bounded(meta, _MAX_ARRAY_META, "array metadata"), where, "metadata")
     try:
         layout = _Layout.parse(path, doc, dtype, where)
     except CorruptStoreError:

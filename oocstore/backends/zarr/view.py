@@ -20,9 +20,21 @@ from ..._durable import (
     open_nofollow,
 )
 from ...errors import CorruptStoreError
+from ...manifest import Manifest
+from .._files import pread_into, read_bounded
 from .._lazy import LazyArray
+from ..base import ArrayReader, LocalHandle
 from .codecs import _MAX_U64, _Crc32c, _decode
-from .spec import _READ_FLAGS, _disk_errors, _Layout
+from .spec import (
+    _READ_FLAGS,
+    _ZARR_JSON,
+    GROUP_META_LIMIT,
+    _disk_errors,
+    _fills,
+    _Layout,
+    _open_layout,
+    manifest_from_group,
+)
 
 # -- reading ------------------------------------------------------------------------------------
 
@@ -116,7 +128,7 @@ class _UnitReader:
                 raise CorruptStoreError(where, "chunk file is not a regular file")
             if lay.shard_rows is None:
                 if not lay.codecs:
-                    _pread_into(fd, out, a * lay.cell_nbytes, where)
+                    pread_into(fd, out, a * lay.cell_nbytes, where)
                     return
                 chunk = self._decoded((u, tile, 0), lambda: _read_all(fd), where)
                 out[...] = chunk[a:b]
@@ -150,7 +162,7 @@ class _UnitReader:
                 raise CorruptStoreError(where, f"inner chunk {k} of committed rows is missing")
             dst = out[pos - a : end - a]
             if not lay.codecs:
-                _pread_into(fd, dst, off + (pos - ks) * lay.cell_nbytes, where)
+                pread_into(fd, dst, off + (pos - ks) * lay.cell_nbytes, where)
             else:
                 chunk = self._decoded((*u, k), functools.partial(os.pread, fd, nb, off), where)
                 dst[...] = chunk[pos - ks : end - ks]
@@ -225,16 +237,6 @@ def _in_use(path: Path) -> bool:
 def _read_all(fd: int) -> bytes:
     size = os.fstat(fd).st_size
     return os.pread(fd, size, 0)
-
-
-def _pread_into(fd: int, out: np.ndarray, offset: int, where: str) -> None:
-    view = memoryview(out.reshape(-1).view(np.uint8)) if out.size else memoryview(b"")  # type: ignore[arg-type]
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n == 0:
-            raise CorruptStoreError(where, "chunk file ends before its rows (truncated?)")
-        done += n
 
 
 def _open_zarr(path: Path, *, read_only: bool) -> Any:
@@ -336,3 +338,40 @@ class ZarrArray(LazyArray):
     def _read(self, start: int, stop: int) -> np.ndarray:
         out = self._reader.read(start, stop)
         return out if out.dtype == self.dtype else out.astype(self.dtype)
+
+
+class ZarrHandle(LocalHandle):
+    """A local Zarr store opened for reading: the group's manifest, then lazy arrays."""
+
+    def read_manifest(self) -> Manifest:
+        path = self.root / _ZARR_JSON
+        return manifest_from_group(
+            read_bounded(path, GROUP_META_LIMIT, "group metadata"), os.fspath(path)
+        )
+
+    def open_arrays(self, manifest: Manifest) -> dict[str, ArrayReader]:
+        out: dict[str, ArrayReader] = {}
+        fills = _fills(manifest)
+        for name, spec in manifest.arrays.items():
+            if _vanished_empty(self.root / name, spec.length):
+                out[name] = np.empty((0, *spec.shape), dtype=spec.dtype)
+                continue
+            layout = _open_layout(self.root / name, spec.dtype, spec.shape, fills.get(name, 0))
+            if layout.capacity < spec.length:
+                raise CorruptStoreError(
+                    os.fspath(layout.path / _ZARR_JSON),
+                    f"array has {layout.capacity:,} rows but the manifest commits "
+                    f"{spec.length:,}; was it truncated?",
+                )
+            out[name] = ZarrArray(layout, spec.length)
+        return out
+
+
+def _vanished_empty(path: Path, length: int) -> bool:
+    """Is array ``path`` one with no committed rows whose metadata is gone?
+
+    A writer replacing an array before its first rows were committed (a dense field turning
+    padded) and killed between removing the old one and writing the new one's metadata
+    leaves that. Nothing committed is lost, so it reads as empty and a writer recreates it.
+    """
+    return length == 0 and not (path / _ZARR_JSON).exists() and not path.is_symlink()
