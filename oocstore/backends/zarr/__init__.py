@@ -1,6 +1,7 @@
 """The Zarr v3 backend, along its seams: ``spec`` (what ``zarr.json`` says, sizing, layouts),
-``codecs`` (chunk bytes in and out), ``view`` (readers), ``region`` (writers of other
-processes) and ``backend`` (the :class:`ZarrBackend` that joins them)."""
+``codecs`` (chunk bytes in and out), ``view`` (readers), ``files`` (what belongs to a store:
+leftovers, the attic), ``region`` (writers of other processes) and ``backend`` (the
+:class:`ZarrBackend` that joins them)."""
 
 from __future__ import annotations
 

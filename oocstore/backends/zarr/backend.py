@@ -54,18 +54,14 @@ from ..._durable import (
 )
 from ...errors import CorruptStoreError, UnsupportedDtypeError
 from ...manifest import Manifest
-from .._files import read_bounded
 from ..base import Backend, BackendOptions, RegionWriter, StoreHandle
-from . import rows
+from . import files, rows
 from .region import ZarrRegionWriter
 from .spec import (
     _ARRAY_DIR,
-    _CHUNK_KEY,
-    _PARTIAL_META,
     _TMP_PREFIX,
     _ZARR_JSON,
     ATTRIBUTE,
-    GROUP_META_LIMIT,
     ZarrOptions,
     _array_doc,
     _check_dtype,
@@ -114,14 +110,7 @@ class ZarrBackend(Backend):
 
     @classmethod
     def holds_store(cls, root: Path) -> bool:
-        path = root / _ZARR_JSON
-        if not root.is_dir() or not path.is_file():
-            return False
-        try:
-            data = read_bounded(path, GROUP_META_LIMIT, "group metadata")
-        except CorruptStoreError:
-            return True  # a store whose metadata is damaged: read_manifest says how
-        return f'"{ATTRIBUTE}"'.encode() in data
+        return files.holds_store(root)
 
     @classmethod
     def open(cls, root: Path, storage_options: Mapping[str, Any] | None = None) -> StoreHandle:
@@ -135,31 +124,7 @@ class ZarrBackend(Backend):
 
     @classmethod
     def unfinished_files(cls, root: Path) -> list[Path] | None:
-        if root.is_symlink() or not root.is_dir() or not cls.lock_path(root).is_file():
-            return None
-        if (root / _ZARR_JSON).exists() or (root / _ZARR_JSON).is_symlink():
-            return None
-        found: list[Path] = []
-        with os.scandir(root) as entries:  # closed on the early returns too
-            for entry in entries:
-                if _PARTIAL_META.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                    found.append(Path(entry.path))
-                    continue
-                if not _ARRAY_DIR.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
-                    return None
-                with os.scandir(entry.path) as subs:
-                    for sub in subs:
-                        ours = (
-                            sub.name == _ZARR_JSON
-                            or _CHUNK_KEY.fullmatch(sub.name)
-                            or _PARTIAL_META.fullmatch(sub.name)
-                            or sub.name.startswith(_TMP_PREFIX)
-                        )
-                        if not ours or not sub.is_file(follow_symlinks=False):
-                            return None
-                        found.append(Path(sub.path))
-        # The writer unlinks these files; create() then removes the emptied directories.
-        return found
+        return files.unfinished_files(root, cls.lock_path(root))
 
     # -- writing: arrays ---------------------------------------------------------------------
 
@@ -316,7 +281,7 @@ class ZarrBackend(Backend):
         if path.is_dir() and not path.is_symlink():
             if _in_use(path):
                 # A reader's view of an older commit still reads it: move it aside, whole.
-                attic = self.attic_path(self.root)
+                attic = files.attic_path(self.root)
                 with _disk_errors(attic):
                     attic.mkdir(exist_ok=True)
                     os.rename(path, attic / f"{name}.{uuid.uuid4().hex}")
@@ -328,22 +293,10 @@ class ZarrBackend(Backend):
 
     @classmethod
     def attic_path(cls, root: Path) -> Path:
-        """Where arrays the writer dropped wait while readers still use them (beside the
-        store, like the lock: zarr-python would warn about it inside the group)."""
-        return root.with_name(f".{root.name}.attic")
+        return files.attic_path(root)
 
     def _sweep_attic(self) -> None:
-        """Delete the dropped arrays no reader uses any more (and the attic, once empty)."""
-        attic = self.attic_path(self.root)
-        try:
-            entries = list(os.scandir(attic))
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False) and not _in_use(Path(entry.path)):
-                shutil.rmtree(entry.path, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            attic.rmdir()  # only if empty
+        files.sweep_attic(self.root)
 
     def delete_array(self, name: str) -> None:
         self._drop(name)
