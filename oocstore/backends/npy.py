@@ -19,7 +19,6 @@ import numpy as np
 
 from .._direct import DirectWriter
 from .._durable import (
-    atomic_write_bytes,
     fsync_dir,
     fsync_fd,
     open_nofollow,
@@ -28,7 +27,7 @@ from .._durable import (
 )
 from .._npyheader import DATA_OFFSET, build_header, parse_header
 from ..errors import CorruptStoreError
-from ..manifest import ArraySpec, Manifest
+from ..manifest import MAX_MANIFEST_BYTES, ArraySpec, Manifest
 from .base import (
     ArrayReader,
     Backend,
@@ -38,6 +37,7 @@ from .base import (
     RegionWriter,
     StoreHandle,
 )
+from .storage import LocalStorage
 
 __all__ = ["MANIFEST_NAME", "NpyBackend", "NpyRegionWriter"]
 
@@ -71,6 +71,7 @@ class NpyBackend(Backend):
 
     def __init__(self, root: Path, options: BackendOptions | None = None) -> None:
         super().__init__(root, options)
+        self.storage = LocalStorage(root)
         self._arrays: dict[str, _OpenArray] = {}
 
     # -- reading -----------------------------------------------------------------------------
@@ -233,7 +234,7 @@ class NpyBackend(Backend):
             arr.synced_length = length
 
     def write_manifest(self, manifest: Manifest) -> None:
-        atomic_write_bytes(self.root / MANIFEST_NAME, manifest.dumps())
+        self.storage.write(MANIFEST_NAME, manifest.dumps())  # the commit point
 
     def finalize(self, lengths: dict[str, int]) -> None:
         for name, length in lengths.items():
@@ -326,27 +327,13 @@ def _map_array(root: Path, name: str, spec: ArraySpec, complete: bool) -> np.nda
 class NpyHandle(LocalHandle):
     """A directory of ``.npy`` files opened for reading: the manifest, then memory maps."""
 
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.storage = LocalStorage(root)
+
     def read_manifest(self) -> Manifest:
         path = self.root / MANIFEST_NAME
-        try:
-            fd = open_nofollow(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise CorruptStoreError(os.fspath(path), "manifest is missing") from None
-        except OSError as err:
-            raise CorruptStoreError(os.fspath(path), f"cannot open manifest ({err})") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise CorruptStoreError(os.fspath(path), "manifest is not a regular file")
-            from ..manifest import MAX_MANIFEST_BYTES
-
-            if st.st_size > MAX_MANIFEST_BYTES:
-                raise CorruptStoreError(
-                    os.fspath(path), f"manifest is {st.st_size:,} bytes, more than allowed"
-                )
-            data = os.pread(fd, st.st_size + 1, 0)
-        finally:
-            os.close(fd)
+        data = self.storage.read(MANIFEST_NAME, MAX_MANIFEST_BYTES, "manifest")
         try:
             manifest = Manifest.loads(data, os.fspath(path))
         except UnicodeDecodeError:

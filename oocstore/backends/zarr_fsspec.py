@@ -4,7 +4,7 @@ The same format as a local Zarr store (:mod:`oocstore.backends.zarr`): a Zarr v3
 array per physical array with the same ``zarr.json`` documents, chunk keys ``c.<i>.0...``, and
 the manifest in the group's ``"oocstore"`` attribute, written last: the group's ``zarr.json``
 is the commit point. Chunks are written through zarr-python's ``FsspecStore``; oocstore's own
-documents through the fsspec filesystem.
+documents through :class:`~oocstore.backends.storage.FsspecStorage`.
 
 What a URL does not give (see ``docs/dask.md``): no ``flock``, so no single-writer lock (two
 writers of one URL corrupt it); no ``fsync`` (durability is the filesystem's: an object store's
@@ -15,7 +15,6 @@ not (a plain local path keeps the crash-safe backend).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from collections.abc import Mapping
@@ -26,7 +25,6 @@ import numpy as np
 
 from .._lock import NoLock
 from ..errors import (
-    BackendUnavailableError,
     CorruptStoreError,
     StoreNotFoundError,
     UnsupportedStorageError,
@@ -34,9 +32,10 @@ from ..errors import (
 from ..manifest import Manifest
 from ._lazy import LazyArray
 from .base import ArrayReader, Backend, BackendOptions, RegionWriter, StoreHandle
+from .storage import FsspecStorage, fsspec_options
 from .zarr.spec import (
+    _MAX_ARRAY_META,
     _ZARR_JSON,
-    ATTRIBUTE,
     GROUP_META_LIMIT,
     ZarrOptions,
     _array_doc,
@@ -44,36 +43,18 @@ from .zarr.spec import (
     _dumps,
     _Layout,
     _load_json,
+    group_bytes,
     manifest_from_group,
 )
 
 __all__ = ["FsspecZarrBackend", "FsspecZarrRegionWriter", "UrlZarrHandle"]
 
 
-def _options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    opts = dict(storage_options or {})
-    if url.startswith("file://"):
-        opts.setdefault("auto_mkdir", True)  # fsspec's local filesystem makes no parents
-    return opts
-
-
-def _fs(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
-    """``(filesystem, path inside it)`` of ``url``; BackendUnavailableError without fsspec."""
-    try:
-        import fsspec
-    except ImportError as err:
-        msg = f"a store at a URL ({url!r}) needs fsspec: pip install 'oocstore[dask]'"
-        raise BackendUnavailableError(msg) from err
-
-    fs, path = fsspec.core.url_to_fs(url, **_options(url, storage_options))
-    return fs, str(path).rstrip("/")
-
-
 def _zarr_store(url: str, storage_options: dict[str, Any] | None, *, read_only: bool) -> Any:
     from zarr.storage import FsspecStore
 
     return FsspecStore.from_url(
-        url, storage_options=_options(url, storage_options), read_only=read_only
+        url, storage_options=fsspec_options(url, storage_options), read_only=read_only
     )
 
 
@@ -115,21 +96,17 @@ class UrlZarrHandle(StoreHandle):
     read through zarr-python."""
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-        self.location = url.rstrip("/")
+        self.storage = FsspecStorage(url, storage_options)
+        self.location = self.storage.location
         self.url: str = self.location
-        self.storage_options = dict(storage_options or {})
+        self.storage_options = self.storage.storage_options
 
     def read_manifest(self) -> Manifest:
-        fs, root = _fs(self.url, self.storage_options)
-        try:
-            data = fs.cat_file(f"{root}/{_ZARR_JSON}")
-        except FileNotFoundError:
+        if not self.storage.exists(_ZARR_JSON):
             msg = f"no store at {self.url!r}: it has no {_ZARR_JSON}"
-            raise StoreNotFoundError(msg) from None
-        where = f"{self.url}/{_ZARR_JSON}"
-        if len(data) > GROUP_META_LIMIT:
-            raise CorruptStoreError(where, f"group metadata is {len(data):,} bytes, too large")
-        return manifest_from_group(data, where)
+            raise StoreNotFoundError(msg)
+        data = self.storage.read(_ZARR_JSON, GROUP_META_LIMIT, "group metadata")
+        return manifest_from_group(data, self.storage.where(_ZARR_JSON))
 
     def open_arrays(self, manifest: Manifest) -> dict[str, ArrayReader]:
         return {
@@ -157,9 +134,9 @@ class FsspecZarrBackend(Backend):
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(Path(url), options)
-        self.url = url.rstrip("/")
-        self.storage_options: dict[str, Any] = dict(storage_options or {})
-        self._fs, self._root = _fs(self.url, self.storage_options)
+        self.storage = FsspecStorage(url, storage_options)
+        self.url = self.storage.location
+        self.storage_options: dict[str, Any] = self.storage.storage_options
         self._store: Any = None
         self._docs: dict[str, dict[str, Any]] = {}
         self._arrays: dict[str, Any] = {}
@@ -183,7 +160,7 @@ class FsspecZarrBackend(Backend):
 
     def exists(self) -> bool:
         """Is there anything at the URL?"""
-        return bool(self._fs.exists(self._root))
+        return self.storage.exists()
 
     def has_store(self) -> bool:
         """Is an oocstore store at the URL (a group with the manifest)?"""
@@ -207,24 +184,18 @@ class FsspecZarrBackend(Backend):
             self._store = _zarr_store(self.url, self.storage_options, read_only=False)
         return self._store
 
-    def _put(self, key: str, data: bytes) -> None:
-        self._fs.pipe_file(f"{self._root}/{key}", data)
-
     def create(self) -> None:
-        with contextlib.suppress(OSError):
-            self._fs.makedirs(self._root, exist_ok=True)  # object stores have no directories
+        self.storage.makedirs()
 
     def open_existing(self, manifest: Manifest) -> dict[str, int]:
-        for entry in self._fs.ls(self._root, detail=False):
-            name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+        for name in self.storage.children():
             if name != _ZARR_JSON and name not in manifest.arrays:
-                self._fs.rm(entry, recursive=True)  # an interrupted writer's array
+                self.storage.delete(name)  # an interrupted writer's array
         capacities = {}
         for name, spec in manifest.arrays.items():
-            where = f"{self.url}/{name}/{_ZARR_JSON}"
-            doc = _load_json(
-                self._fs.cat_file(f"{self._root}/{name}/{_ZARR_JSON}"), where, "metadata"
-            )
+            key = f"{name}/{_ZARR_JSON}"
+            where = self.storage.where(key)
+            doc = _load_json(self.storage.read(key, _MAX_ARRAY_META, "metadata"), where, "metadata")
             layout = _Layout.parse(Path(name), doc, spec.dtype, where)
             if layout.capacity < spec.length:
                 raise CorruptStoreError(
@@ -246,7 +217,7 @@ class FsspecZarrBackend(Backend):
         chunk, shard = self.options.chunking(name, row_nbytes, capacity)
         doc = _array_doc(dtype, (capacity, *shape), chunk, shard, self._compressors())
         self._docs[name] = doc
-        self._put(f"{name}/{_ZARR_JSON}", _dumps(doc))
+        self.storage.write(f"{name}/{_ZARR_JSON}", _dumps(doc))
 
     def _array(self, name: str) -> Any:
         arr = self._arrays.get(name)
@@ -258,7 +229,7 @@ class FsspecZarrBackend(Backend):
         doc = self._docs[name]
         if capacity > int(doc["shape"][0]):
             doc["shape"][0] = int(capacity)
-            self._put(f"{name}/{_ZARR_JSON}", _dumps(doc))
+            self.storage.write(f"{name}/{_ZARR_JSON}", _dumps(doc))
             self._arrays.pop(name, None)
 
     def chunk_rows(self, name: str) -> int:
@@ -282,9 +253,7 @@ class FsspecZarrBackend(Backend):
     def delete_array(self, name: str) -> None:
         self._arrays.pop(name, None)
         self._docs.pop(name, None)
-        path = f"{self._root}/{name}"
-        if self._fs.exists(path):
-            self._fs.rm(path, recursive=True)
+        self.storage.delete(name)
 
     def region_writer(self, name: str, stop: int) -> RegionWriter:
         self.reserve(name, stop)
@@ -296,12 +265,7 @@ class FsspecZarrBackend(Backend):
         return
 
     def write_manifest(self, manifest: Manifest) -> None:
-        doc = {
-            "zarr_format": 3,
-            "node_type": "group",
-            "attributes": {ATTRIBUTE: manifest.to_json()},
-        }
-        self._put(_ZARR_JSON, _dumps(doc))
+        self.storage.write(_ZARR_JSON, group_bytes(manifest))  # the commit point
 
     def finalize(self, lengths: dict[str, int]) -> None:
         for name, length in lengths.items():
@@ -309,10 +273,9 @@ class FsspecZarrBackend(Backend):
             unit = self.chunk_rows(name)
             units = -(-length // unit)
             doc["shape"][0] = int(length)
-            self._put(f"{name}/{_ZARR_JSON}", _dumps(doc))
+            self.storage.write(f"{name}/{_ZARR_JSON}", _dumps(doc))
             self._arrays.pop(name, None)
-            for entry in self._fs.ls(f"{self._root}/{name}", detail=False):
-                key = str(entry).rstrip("/").rsplit("/", 1)[-1]
+            for key in self.storage.children(name):
                 parts = key.split(".")
                 if (
                     parts[0] == "c"
@@ -320,12 +283,11 @@ class FsspecZarrBackend(Backend):
                     and parts[1].isdigit()
                     and int(parts[1]) >= units
                 ):
-                    self._fs.rm(entry)
+                    self.storage.delete(f"{name}/{key}")
 
     def destroy(self) -> None:
         self.close()
-        if self._fs.exists(self._root):
-            self._fs.rm(self._root, recursive=True)
+        self.storage.delete("")
 
     def close(self) -> None:
         self._arrays.clear()

@@ -23,8 +23,8 @@ entries, are fsynced by :meth:`ZarrBackend.sync` (which may run in the writer's 
 a chunk file that already holds committed rows is only replaced whole (its old version and the
 new one fsynced, then a rename) or, when stored uncompressed, rewritten in place with the same
 bytes for its committed rows. ``zarr.json`` documents (zarr-python's ``LocalStore`` renames but
-never fsyncs them) are written here with :func:`oocstore._durable.atomic_write_bytes`; the
-group's ``zarr.json`` is the commit point.
+never fsyncs them) are written through :class:`~oocstore.backends.storage.LocalStorage`, which
+replaces each atomically and durably; the group's ``zarr.json`` is the commit point.
 
 Readers get :class:`ZarrArray` views of the committed rows. Each holds its array's directory
 open with a shared ``flock``: when the writer drops an array a view still reads (a ragged field
@@ -47,7 +47,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..._durable import (
-    atomic_write_bytes,
     fsync_dir,
     fsync_fd,
     open_nofollow,
@@ -55,13 +54,13 @@ from ..._durable import (
 from ...errors import CorruptStoreError, UnsupportedDtypeError
 from ...manifest import Manifest
 from ..base import Backend, BackendOptions, RegionWriter, StoreHandle
+from ..storage import LocalStorage
 from . import files, rows
 from .region import ZarrRegionWriter
 from .spec import (
     _ARRAY_DIR,
     _TMP_PREFIX,
     _ZARR_JSON,
-    ATTRIBUTE,
     ZarrOptions,
     _array_doc,
     _check_dtype,
@@ -71,6 +70,7 @@ from .spec import (
     _fills,
     _Layout,
     _open_layout,
+    group_bytes,
 )
 from .state import _WriteState
 from .view import ZarrHandle, _in_use, _UnitReader, _vanished_empty
@@ -92,6 +92,7 @@ class ZarrBackend(Backend):
 
     def __init__(self, root: Path, options: BackendOptions | None = None) -> None:
         super().__init__(root, options)
+        self.storage = LocalStorage(root)
         self._arrays: dict[str, _WriteState] = {}
         self._mutex = threading.Lock()  # guards the sets below and zarr.json shapes
         self._pending: set[Path] = set()  # chunk files written since the last sync
@@ -248,7 +249,7 @@ class ZarrBackend(Backend):
         )
         with _disk_errors(path):
             path.mkdir()
-            atomic_write_bytes(path / _ZARR_JSON, _dumps(doc))
+            self.storage.write(f"{name}/{_ZARR_JSON}", _dumps(doc))
         self._touched(dirs=(self.root,))
         layout = _Layout.parse(path, doc, dtype, os.fspath(path / _ZARR_JSON))
         if fill is not None:
@@ -393,10 +394,10 @@ class ZarrBackend(Backend):
                 return
             data = _dumps(st.layout.doc)
             st.meta_dirty = False
-        path = st.layout.path / _ZARR_JSON
+        key = f"{st.layout.path.name}/{_ZARR_JSON}"
         try:
-            with _disk_errors(path):
-                atomic_write_bytes(path, data)
+            with _disk_errors(self.storage.path(key)):
+                self.storage.write(key, data)
         except BaseException:
             st.meta_dirty = True
             raise
@@ -431,14 +432,8 @@ class ZarrBackend(Backend):
             raise
 
     def write_manifest(self, manifest: Manifest) -> None:
-        doc = {
-            "zarr_format": 3,
-            "node_type": "group",
-            "attributes": {ATTRIBUTE: manifest.to_json()},
-        }
-        path = self.root / _ZARR_JSON
-        with _disk_errors(path):
-            atomic_write_bytes(path, _dumps(doc))
+        with _disk_errors(self.root / _ZARR_JSON):
+            self.storage.write(_ZARR_JSON, group_bytes(manifest))  # the commit point
 
     def finalize(self, lengths: dict[str, int]) -> None:
         for name, length in lengths.items():

@@ -415,6 +415,12 @@ GROUP_META_LIMIT = MAX_MANIFEST_BYTES + 2**20
 """The largest group ``zarr.json`` read: the manifest and the JSON around it."""
 
 
+def group_bytes(manifest: Manifest) -> bytes:
+    """The group's ``zarr.json`` that commits ``manifest`` (in its ``oocstore`` attribute)."""
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": {ATTRIBUTE: manifest.to_json()}}
+    return _dumps(doc)
+
+
 def manifest_from_group(data: bytes, where: str) -> Manifest:
     """The oocstore manifest in a group's ``zarr.json`` bytes; CorruptStoreError naming
     ``where`` if the document is not a Zarr v3 group carrying one for this backend."""

@@ -21,9 +21,10 @@ from ..._durable import (
 )
 from ...errors import CorruptStoreError
 from ...manifest import Manifest
-from .._files import pread_into, read_bounded
+from .._files import pread_into
 from .._lazy import LazyArray
 from ..base import ArrayReader, LocalHandle
+from ..storage import LocalStorage
 from .codecs import _MAX_U64, _Crc32c, _decode
 from .spec import (
     _READ_FLAGS,
@@ -343,11 +344,13 @@ class ZarrArray(LazyArray):
 class ZarrHandle(LocalHandle):
     """A local Zarr store opened for reading: the group's manifest, then lazy arrays."""
 
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.storage = LocalStorage(root)
+
     def read_manifest(self) -> Manifest:
-        path = self.root / _ZARR_JSON
-        return manifest_from_group(
-            read_bounded(path, GROUP_META_LIMIT, "group metadata"), os.fspath(path)
-        )
+        data = self.storage.read(_ZARR_JSON, GROUP_META_LIMIT, "group metadata")
+        return manifest_from_group(data, self.storage.where(_ZARR_JSON))
 
     def open_arrays(self, manifest: Manifest) -> dict[str, ArrayReader]:
         out: dict[str, ArrayReader] = {}
