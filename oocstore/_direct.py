@@ -203,8 +203,8 @@ class DirectWriter:
             return False
         self._bufs = [mmap.mmap(-1, BUFFER_BYTES) for _ in range(2)]
         self._views = [memoryview(b) for b in self._bufs]
-        # One thread, so one write in flight: two (one per buffer) measured no faster here
-        # (1.38-1.45 GB/s against 1.35-1.47 with one, compare.py's table workload, same hour).
+        # One thread, so one write in flight: two measured no faster (docs/benchmarks.md,
+        # "Figures behind design choices").
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="oocstore-direct")
         return True
 

@@ -2,8 +2,7 @@
 
 CRC-32C, because its implementation releases the GIL: the writer hashes a large batch in a
 helper thread while the main thread writes the same batch, so checksums cost next to no time
-(measured here: ~14 GB/s per core, and two threads run at twice that; xxh3 is a little faster
-on one core but holds the GIL, which made it cost 0.2-0.4 s per 2 GB of writing).
+(xxh3 is a little faster on one core but holds the GIL; figures in docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ def direct_write_rows(row_nbytes: int) -> int:
     """Rows from which a run is written straight through instead of staged: about 1 MiB.
 
     Staging exists to coalesce small batches into few large writes; copying a batch that is
-    already large cost 0.25-0.4 s per 2 GB here (batches of 3 MB, stage of 8 MB).
+    already large costs time and saves nothing (docs/benchmarks.md has the figures).
     """
     return int(max((1 * 2**20) // max(row_nbytes, 1), 1))
 

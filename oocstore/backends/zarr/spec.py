@@ -42,14 +42,9 @@ COMPRESSED_CHUNK_BYTES = 2 * 2**20
 DEFAULT_COMPRESSORS: Any = None
 """Compressors when ``compressors=`` is not given: none (zarr's own meaning of ``None``).
 
-Measured here (2 cores, ext4 on a VM disk shared with other jobs; 2 GB of 64x64x3 uint8
-images and 1 GB of float32 rows written through oocstore): zstd level 1 and blosc-lz4 with
-shuffle saved nothing worth having (ratios 1.00-1.01 on the images, 1.07-1.08 on the floats),
-and write speed was 0.4-0.7 GB/s for all three within the noise (one earlier series had
-compressed writes at half speed). Reading is where it shows: uncompressed chunks read at
-3.3 GB/s sequentially and ~29k random samples/s (a ``pread`` of just the sample), zstd at
-0.77 GB/s and ~1.3k samples/s (each sample decodes its whole chunk), blosc-lz4 at 2.2 GB/s.
-Data that does compress (masks, sparse or quantised arrays) should pass
+Images and float rows barely compress, and reading pays: an uncompressed sample is one
+``pread``, a compressed one decodes its whole chunk (docs/benchmarks.md, "Figures behind
+design choices"). Data that does compress (masks, sparse or quantised arrays) should pass
 ``compressors="auto"`` (zarr's default, zstd) or any Zarr v3 codec."""
 SHARD_BYTES = 128 * 2**20
 """Target uncompressed bytes per shard when sharding is asked for without a size."""
@@ -376,8 +371,7 @@ def _array_doc(
     store = MemoryStore()
     chunk_shape = (chunk_rows, *(max(d, 1) for d in (shape[1:] if tile is None else tile)))
     # Flat chunk keys (c.0.0.0): one directory per array, so a commit fsyncs one directory
-    # per array. With "/" (c/0/0/0) every chunk adds nested directories to create and fsync:
-    # measured here, 371 directory fsyncs cost 0.9 s per GB of 64x64x3 images.
+    # per array. With "/" (c/0/0/0) every chunk adds nested directories to create and fsync.
     kwargs: dict[str, Any] = {
         "compressors": compressors,
         "chunk_key_encoding": {"name": "default", "separator": "."},
