@@ -265,6 +265,8 @@ class _Source:
         self.shapes = None if layout.kind == "dense" else np.asarray(store.shapes(field)[:length])
         """True shapes of a ragged field's samples; None for a dense field."""
         self.sample_shape = tuple(store.schema[field].shape)
+        self.native = native
+        """The dtype of the tensors given: the stored one in this machine's byte order."""
         self.torch_dtype = torch.from_numpy(np.empty(0, dtype=native)).dtype
         self.direct = isinstance(array, np.ndarray) and dtype == native
         """``np.take(..., out=)`` straight from the array (a memmap of native dtype)."""
@@ -277,7 +279,20 @@ def _gather(
 
     ``plan`` is None when ``rows`` are sorted and unique already (the loader's batches are),
     else ``np.unique(rows, return_inverse=True)``: the gather is then put in ``rows``' order.
+    In the main process the gather is NumPy's own array (its allocator reuses the memory the
+    last batch freed; a fresh tensor to gather into is slower to touch); in a worker it is
+    gathered into shared memory, which crosses to the main process as a handle.
     """
+    if len(rows) and get_worker_info() is None:
+        got = (
+            _take(src.array, rows)
+            if plan is None
+            else _take(src.array, plan[0])[plan[1].reshape(-1)]
+        )
+        if got.dtype != src.native or not got.flags.writeable or not got.flags.c_contiguous:
+            got = np.ascontiguousarray(got, dtype=src.native)
+            got = got if got.flags.writeable else got.copy()
+        return torch.from_numpy(got.reshape(len(rows), *src.sample_shape))
     out = _empty_tensor((len(rows), *src.sample_shape), src.torch_dtype)
     if len(rows) == 0:
         return out
