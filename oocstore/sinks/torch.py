@@ -31,14 +31,14 @@ Workers
 The dataset pickles as the store's path, its field names and transforms: DataLoader
 workers (``fork`` or ``spawn``) map the files themselves on first use. The batch sampler runs
 in the main process and gives each batch to one worker, and ``in_order`` delivery keeps the
-sampler's order, so the order of batches does not depend on ``num_workers``.
+sampler's order, so the order of batches does not depend on ``num_workers``. A
+:func:`loader`'s workers gather into a small ring of reused shared-memory slots each, which the
+main process copies out of before the slot is reused (:mod:`oocstore.sinks._slots`).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,70 +49,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_
 
 from ..errors import SamplingError
 from ..ragged import region
+from . import _slots
 from ._batches import BLOCK_BYTES, WINDOW, _take, sorted_unique
+from ._maps import Reader, _dense_reader, _private_map, _writable
 from ._order import EpochOrder, Resumable, ShuffleLike, block_rows_for
 
 if TYPE_CHECKING:
     from ..reader import Store
 
 __all__ = ["StoreBatch", "StoreBatchSampler", "StoreDataset", "StoreLoader", "collate", "loader"]
-
-Reader = Callable[[int], np.ndarray]
-
-
-def _mapped_file(address: int) -> tuple[int, int] | None:
-    """``(device, inode)`` of the file mapped at ``address``, from ``/proc/self/maps``."""
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                parts = line.split(maxsplit=5)
-                lo, hi = (int(v, 16) for v in parts[0].split("-"))
-                if lo <= address < hi:
-                    major, minor = (int(v, 16) for v in parts[3].split(":"))
-                    return os.makedev(major, minor), int(parts[4])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _private_map(array: Any, path: Path | None) -> np.ndarray | None:
-    """A copy-on-write map of the file behind a read-only ``np.memmap``; None if there is none.
-
-    ``path`` is where the store keeps the array's file (the memmap may not know its name).
-    """
-    if not isinstance(array, np.memmap) or array.size == 0 or not array.flags.c_contiguous:
-        return None
-    where = array.filename or path
-    if where is None:
-        return None
-    try:
-        fd = os.open(where, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        # On Linux, check it is the very file the store mapped, not one put there since.
-        maps = Path("/proc/self/maps").exists()
-        if maps and _mapped_file(array.ctypes.data) != (st.st_dev, st.st_ino):
-            return None
-        try:
-            return np.memmap(f, dtype=array.dtype, mode="c", offset=array.offset, shape=array.shape)
-        except (OSError, ValueError):  # the file shrank: read through the store instead
-            return None
-
-
-def _writable(value: Any) -> np.ndarray:
-    arr = np.asarray(value)
-    return arr if arr.flags.writeable else arr.copy()
-
-
-def _dense_reader(array: Any, path: Path | None) -> Reader:
-    mapped = _private_map(array, path)
-    if mapped is not None:
-        return lambda i: mapped[i, ...]  # "..." keeps a 0-d sample an array (a view)
-    return lambda i: _writable(array[i])
 
 
 class StoreDataset(Dataset[Any]):
@@ -149,6 +94,8 @@ class StoreDataset(Dataset[Any]):
         self.length = len(store)
         self._readers: list[Reader] | None = None
         self._sources: dict[str, _Source] | None = None
+        self.slot_flags: torch.Tensor | None = None
+        """Set by a loader with workers: batches then go through reused slots (``_slots``)."""
         self.batched = transform is None
         """Does ``__getitems__`` read whole batches (no per-sample ``transform``)?"""
 
@@ -214,20 +161,27 @@ class StoreDataset(Dataset[Any]):
         values: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
         shapes: list[np.ndarray | None] = []
+        ring = _slots.worker_slots(self.slot_flags)
+        dense = [sources[f] for f in self.fields if sources[f].shapes is None]
+        taken = ring.acquire(sum(s.nbytes(len(rows)) + 64 for s in dense)) if ring else None
+        alloc = _slots.SlotAllocator(taken[1]) if taken else None
         for f in self.fields:
             src = sources[f]
             if src.shapes is None:
-                values.append(_gather(src, rows, plan))
+                values.append(_gather(src, rows, plan, alloc))
                 shapes.append(None)
             else:
                 value, mask, true = _gather_ragged(src, rows)
                 values.append(value)
                 masks.append(mask)
                 shapes.append(true)
-        batch = (*values, *masks)
+        batch: Any = (*values, *masks)
         if self.batch_transform is not None:
-            return StoreBatch(self.batch_transform(batch), len(rows))
-        if not masks:
+            batch = self.batch_transform(batch)
+        if taken is not None:  # in the slot: the main process copies it out (see _slots)
+            assert self.slot_flags is not None
+            return StoreBatch(_slots.sent(batch, *taken, self.slot_flags), len(rows))
+        if self.batch_transform is not None or not masks:
             return StoreBatch(batch, len(rows))
 
         def sample(i: int) -> tuple[torch.Tensor, ...]:  # true shapes, as dataset[i] gives
@@ -271,9 +225,16 @@ class _Source:
         self.direct = isinstance(array, np.ndarray) and dtype == native
         """``np.take(..., out=)`` straight from the array (a memmap of native dtype)."""
 
+    def nbytes(self, rows: int) -> int:
+        """Bytes of ``rows`` samples of this (dense) field."""
+        return int(rows * math.prod(self.sample_shape) * self.native.itemsize)
+
 
 def _gather(
-    src: _Source, rows: np.ndarray, plan: tuple[np.ndarray, np.ndarray] | None
+    src: _Source,
+    rows: np.ndarray,
+    plan: tuple[np.ndarray, np.ndarray] | None,
+    alloc: _slots.SlotAllocator | None = None,
 ) -> torch.Tensor:
     """A dense field's rows as a fresh tensor: one gather of the sorted unique rows.
 
@@ -281,7 +242,8 @@ def _gather(
     else ``np.unique(rows, return_inverse=True)``: the gather is then put in ``rows``' order.
     In the main process the gather is NumPy's own array (its allocator reuses the memory the
     last batch freed; a fresh tensor to gather into is slower to touch); in a worker it is
-    gathered into shared memory, which crosses to the main process as a handle.
+    gathered into shared memory (a reused slot, ``alloc``, when the loader gave the worker
+    slots), which crosses to the main process as a handle.
     """
     if len(rows) and get_worker_info() is None:
         got = (
@@ -293,7 +255,9 @@ def _gather(
             got = np.ascontiguousarray(got, dtype=src.native)
             got = got if got.flags.writeable else got.copy()
         return torch.from_numpy(got.reshape(len(rows), *src.sample_shape))
-    out = _empty_tensor((len(rows), *src.sample_shape), src.torch_dtype)
+    shape = (len(rows), *src.sample_shape)
+    slot = alloc.tensor(shape, src.torch_dtype) if alloc is not None else None
+    out = slot if slot is not None else _empty_tensor(shape, src.torch_dtype)
     if len(rows) == 0:
         return out
     target = out.numpy()
@@ -435,6 +399,7 @@ class StoreLoader(DataLoader[Any], Resumable):
     def __init__(self, dataset: StoreDataset, order: EpochOrder, **options: Any) -> None:
         options.setdefault("collate_fn", collate)
         super().__init__(dataset, batch_sampler=StoreBatchSampler(order), **options)
+        self._slots = self.num_workers > 0 and self.collate_fn is collate
         self.order = order
         """Which rows each batch of each epoch holds."""
         self._next = (0, 0)
@@ -456,6 +421,12 @@ class StoreLoader(DataLoader[Any], Resumable):
         sampler = self.batch_sampler
         assert isinstance(sampler, StoreBatchSampler)
         sampler.epoch, sampler.start = epoch, start
+        dataset = self.dataset
+        fresh = getattr(dataset, "slot_flags", None) is None or not self.persistent_workers
+        if self._slots and isinstance(dataset, StoreDataset) and fresh:
+            # New workers get new slots (persistent ones keep theirs): two iterators'
+            # workers never share a slot.
+            dataset.slot_flags = _slots.new_flags(self.num_workers)
         return self._counted(super().__iter__(), epoch, start)
 
     def _counted(self, batches: Iterator[Any], epoch: int, start: int) -> Iterator[Any]:
@@ -463,7 +434,7 @@ class StoreLoader(DataLoader[Any], Resumable):
         for batch in batches:
             k += 1
             self._at = (epoch, k)
-            yield batch
+            yield _slots.receive(batch)
 
 
 def loader(
